@@ -1,0 +1,40 @@
+# The two commands: `make dev` runs the service, `make test` runs the whole suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+PYTHON ?= python3
+
+.PHONY: dev test test-e2e lint fmt openapi venv bench-ingest clean
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@$(VENV)/bin/uv sync --quiet --frozen --inexact --extra dev --python $(PY)
+	@touch $@
+
+venv: $(VENV)/.synced
+
+dev: venv
+	$(VENV)/bin/stripesync dev
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench migrations
+	$(VENV)/bin/ruff format --check src tests bench migrations
+	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix src tests bench migrations
+	$(VENV)/bin/ruff format src tests bench migrations
+
+openapi: venv
+	$(PY) -m stripesync.openapi > openapi.yaml
+
+bench-ingest: venv
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

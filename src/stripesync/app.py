@@ -1,0 +1,65 @@
+"""create_app(): routers, lifespan (engine, inbox, Redis, HTTP client), error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from stripesync import __version__
+from stripesync.config import SERVE_REQUIRES, Settings
+from stripesync.db import create_engine, create_session_factory
+from stripesync.kit.errors import install_error_handlers
+from stripesync.kit.queue import create_redis
+from stripesync.ops import endpoints as ops_endpoints
+from stripesync.ops import health
+from stripesync.webhooks import endpoints as webhook_endpoints
+from stripesync.webhooks.service import Enqueuer, EventInbox
+
+ROUTERS = (
+    webhook_endpoints.router,
+    ops_endpoints.router,
+    health.router,
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.require(*SERVE_REQUIRES)
+        assert settings.redis_url is not None
+        engine = create_engine(settings, pool_size=20)
+        redis = create_redis(settings.redis_url)
+        inbox = EventInbox(engine)
+        inbox.start()
+        enqueuer = Enqueuer(redis)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as http:
+            app.state.engine = engine
+            app.state.session_factory = create_session_factory(engine)
+            app.state.redis = redis
+            app.state.inbox = inbox
+            app.state.enqueuer = enqueuer
+            app.state.http = http
+            try:
+                yield
+            finally:
+                await inbox.stop()
+                await enqueuer.drain()
+                await redis.aclose()
+                await engine.dispose()
+
+    app = FastAPI(
+        title="stripesync",
+        version=__version__,
+        summary="Stripe customers become permission-based marketing contacts.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

@@ -1,0 +1,195 @@
+"""`stripesync serve | worker | migrate | dev`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from stripesync.config import SERVE_REQUIRES, MissingSettingError, Settings
+from stripesync.kit.logging import configure_logging
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def alembic_config(database_url: str | None = None):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    ini = Path("alembic.ini")
+    if not ini.exists():
+        ini = PROJECT_ROOT / "alembic.ini"
+    config = Config(str(ini))
+    config.set_main_option("script_location", str(ini.parent / "migrations"))
+    if database_url:
+        config.attributes["database_url"] = database_url
+    return config
+
+
+def migrate(database_url: str) -> None:
+    """`alembic upgrade head` against `database_url`."""
+    from alembic import command
+
+    command.upgrade(alembic_config(database_url), "head")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    settings = Settings()
+    settings.require(*SERVE_REQUIRES)
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        "stripesync.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+def cmd_worker(_: argparse.Namespace) -> None:
+    from stripesync.worker import create_worker
+
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    create_worker(settings).run()
+
+
+def cmd_migrate(_: argparse.Namespace) -> None:
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    migrate(settings.sqlalchemy_database_url)
+
+
+def _dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Generated once into the data dir, so tokens stay the same across `dev` restarts."""
+    from cryptography.fernet import Fernet
+
+    path = data_dir / "dev-secrets.env"
+    if not path.exists():
+        values = {
+            "STRIPESYNC_PLATFORM_API_TOKEN": secrets.token_urlsafe(32),
+            "STRIPESYNC_OPS_API_TOKEN": secrets.token_urlsafe(32),
+            "STRIPESYNC_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "STRIPESYNC_STRIPE_WEBHOOK_SECRETS": "whsec_" + secrets.token_hex(24),
+        }
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        path.chmod(0o600)
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs}
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from stripesync.embedded import EmbeddedRedis, start_postgres, stop_postgres
+
+    settings = Settings()
+    configure_logging("console", settings.log_level)
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "outbox").mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("STRIPESYNC_LOG_FORMAT", "console")
+    env["STRIPESYNC_DATA_DIR"] = str(data_dir)
+    for key, value in _dev_secrets(data_dir).items():
+        if not env.get(key):
+            env[key] = value
+
+    cleanups: list[Callable[[], None]] = []
+    if not settings.database_url:
+        pg_dir = data_dir / "postgres"
+        env["STRIPESYNC_DATABASE_URL"] = start_postgres(pg_dir)
+        cleanups.append(lambda: stop_postgres(pg_dir))
+    if not settings.redis_url:
+        embedded_redis = EmbeddedRedis(data_dir / "redis", persist=True).start()
+        env["STRIPESYNC_REDIS_URL"] = embedded_redis.url
+        cleanups.append(embedded_redis.stop)
+
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        migrate(env["STRIPESYNC_DATABASE_URL"])
+        exe = [sys.executable, "-m", "stripesync.cli"]
+        serve = [*exe, "serve", "--host", args.host, "--port", str(args.port)]
+        children.append(subprocess.Popen(serve, env=env))  # noqa: S603
+        children.append(subprocess.Popen([*exe, "worker"], env=env))  # noqa: S603
+        base = f"http://{args.host}:{args.port}"
+        print(
+            "\nstripesync dev is running\n"
+            f"  API              {base}  (docs at {base}/docs)\n"
+            f"  Stripe webhooks  {base}/webhooks/stripe\n"
+            f"  platform token   {env['STRIPESYNC_PLATFORM_API_TOKEN']}\n"
+            f"  ops token        {env['STRIPESYNC_OPS_API_TOKEN']}\n"
+            f"  webhook secret   {env['STRIPESYNC_STRIPE_WEBHOOK_SECRETS'].split(',')[0]}\n"
+            f"  database         {env['STRIPESYNC_DATABASE_URL']}\n"
+            f"  redis            {env['STRIPESYNC_REDIS_URL']}\n"
+            f"  mail outbox      {data_dir / 'outbox'}\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for cleanup in reversed(cleanups):
+            cleanup()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stripesync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run the arq worker and its cron jobs")
+    worker.set_defaults(func=cmd_worker)
+
+    mig = sub.add_parser("migrate", help="alembic upgrade head, then exit")
+    mig.set_defaults(func=cmd_migrate)
+
+    dev = sub.add_parser("dev", help="embedded Postgres + Redis when unset, migrate, API + worker")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pydantic import ValidationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MissingSettingError as exc:
+        print(f"stripesync: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "?"
+        print(f"stripesync: invalid setting STRIPESYNC_{name}: {first['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

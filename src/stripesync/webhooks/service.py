@@ -1,0 +1,180 @@
+"""Receiving Stripe events: parse, store durably (batched commits), then enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from stripesync.kit.queue import enqueue_event
+
+log = structlog.get_logger(__name__)
+
+
+class InvalidEventError(ValueError):
+    """The body is not JSON or not a Stripe event."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    id: str
+    type: str
+    account: str | None
+    livemode: bool
+    api_version: str | None
+    created: int
+    payload_json: str
+
+
+def _str_field(data: dict[str, Any], key: str, *, required: bool, max_len: int = 255) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise InvalidEventError(f"event field {key!r} must be a non-empty string")
+    return value
+
+
+def parse_event(body: bytes) -> ParsedEvent:
+    """Read the envelope fields we index; the whole body is kept as the payload."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InvalidEventError("body is not JSON") from None
+    if not isinstance(data, dict) or data.get("object") != "event":
+        raise InvalidEventError("body is not a Stripe event")
+    created = data.get("created")
+    livemode = data.get("livemode")
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 <= created < 2**40:
+        raise InvalidEventError("event field 'created' must be a unix timestamp")
+    if not isinstance(livemode, bool):
+        raise InvalidEventError("event field 'livemode' must be a boolean")
+    inner = data.get("data")
+    if not isinstance(inner, dict) or not isinstance(inner.get("object"), dict):
+        raise InvalidEventError("event has no data.object")
+    payload_json = body.decode()
+    if "\\u0000" in payload_json:
+        # Postgres JSONB cannot hold NUL characters; keep everything else intact.
+        payload_json = json.dumps(data).replace("\\u0000", "")
+    return ParsedEvent(
+        id=_str_field(data, "id", required=True) or "",
+        type=_str_field(data, "type", required=True) or "",
+        account=_str_field(data, "account", required=False),
+        livemode=livemode,
+        api_version=_str_field(data, "api_version", required=False, max_len=64),
+        created=created,
+        payload_json=payload_json,
+    )
+
+
+_INSERT_EVENTS = text(
+    """
+    INSERT INTO stripe_events (id, type, account, livemode, api_version, created, payload)
+    SELECT u.id, u.type, u.account, u.livemode, u.api_version,
+           to_timestamp(u.created), u.payload::jsonb
+    FROM unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:accounts AS text[]),
+                CAST(:livemodes AS boolean[]), CAST(:api_versions AS text[]),
+                CAST(:createds AS bigint[]), CAST(:payloads AS text[]))
+         AS u(id, type, account, livemode, api_version, created, payload)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+class EventInbox:
+    """Stores events with `INSERT ... ON CONFLICT DO NOTHING`, many requests per commit.
+
+    Each request waits for the commit that holds its event, so a 2xx always means durable.
+    Requests that arrive while a commit is in flight share the next one: under load this
+    turns N commits into one, and alone a request waits for nothing but its own commit.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500, writers: int = 2) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._writers = writers
+        self._queue: asyncio.Queue[tuple[ParsedEvent, asyncio.Future[bool]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._write_loop()) for _ in range(self._writers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(ConnectionError("shutting down"))
+
+    async def store(self, event: ParsedEvent) -> bool:
+        """Store one event durably; True when it is new, False for a duplicate delivery."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                new_ids = await self._insert([event for event, _ in batch])
+            except Exception as exc:  # every waiter learns the write failed
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for event, future in batch:
+                # Only the first copy of an id in a batch counts as new.
+                is_new = event.id in new_ids
+                new_ids.discard(event.id)
+                if not future.done():
+                    future.set_result(is_new)
+
+    async def _insert(self, events: list[ParsedEvent]) -> set[str]:
+        params = {
+            "ids": [e.id for e in events],
+            "types": [e.type for e in events],
+            "accounts": [e.account for e in events],
+            "livemodes": [e.livemode for e in events],
+            "api_versions": [e.api_version for e in events],
+            "createds": [e.created for e in events],
+            "payloads": [e.payload_json for e in events],
+        }
+        async with self._engine.begin() as conn:
+            result = await conn.execute(_INSERT_EVENTS, params)
+            return {row[0] for row in result}
+
+
+class Enqueuer:
+    """Enqueues stored events after their commit, in the background.
+
+    A failure here loses nothing: the event is in Postgres and the sweeper enqueues it.
+    """
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self, event_id: str) -> None:
+        task = asyncio.create_task(self._enqueue(event_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _enqueue(self, event_id: str) -> None:
+        try:
+            await enqueue_event(self._redis, event_id)
+        except Exception as exc:
+            log.warning("enqueue_failed", event_id=event_id, error=type(exc).__name__)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,60 @@
+"""The arq worker: its jobs, cron jobs, and the context every job receives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from arq.cron import cron
+from arq.worker import Worker, func
+
+from stripesync.config import WORKER_REQUIRES, Settings
+from stripesync.db import create_engine, create_session_factory
+from stripesync.kit.queue import PROCESS_EVENT, create_redis
+from stripesync.webhooks.dispatch import load_handlers
+from stripesync.webhooks.tasks import process_event, sweep_events
+
+
+def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
+    """Build the worker; `burst=True` processes what is queued and returns (tests, tools)."""
+    settings.require(*WORKER_REQUIRES)
+    assert settings.redis_url is not None
+    load_handlers()
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        engine = create_engine(settings)
+        ctx["settings"] = settings
+        ctx["engine"] = engine
+        ctx["session_factory"] = create_session_factory(engine)
+        ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        if "http" in ctx:
+            await ctx["http"].aclose()
+        if "engine" in ctx:
+            await ctx["engine"].dispose()
+
+    options: dict[str, Any] = {
+        "functions": [
+            # keep_result=0: a finished job leaves no result key behind, so the sweeper and
+            # replays can enqueue the same job id again; Postgres says whether work remains.
+            func(
+                process_event,
+                name=PROCESS_EVENT,
+                max_tries=settings.event_max_attempts + 2,
+                keep_result=0,
+            ),
+        ],
+        "cron_jobs": [cron(sweep_events, second={0}, run_at_startup=True, keep_result=0)],
+        "redis_pool": create_redis(settings.redis_url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "burst": burst,
+        "handle_signals": not burst,
+        "keep_result": 0,
+        "max_jobs": 20,
+        "job_timeout": 300,
+        "poll_delay": 0.2,
+    }
+    options.update(overrides)
+    return Worker(**options)
