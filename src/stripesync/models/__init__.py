@@ -2,14 +2,18 @@
 
 from stripesync.models.account import Account, ConnectionMode, ConnectionStatus, StripeConnection
 from stripesync.models.base import Base
+from stripesync.models.contact import PERMITTED_CONSENT, ConsentState, Contact
 from stripesync.models.event import PENDING_STATES, EventState, StripeEvent
 
 __all__ = [
     "PENDING_STATES",
+    "PERMITTED_CONSENT",
     "Account",
     "Base",
     "ConnectionMode",
     "ConnectionStatus",
+    "ConsentState",
+    "Contact",
     "EventState",
     "StripeConnection",
     "StripeEvent",
