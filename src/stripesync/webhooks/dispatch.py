@@ -17,7 +17,8 @@ Handler = Callable[[AsyncSession, StripeEvent, StripeConnection], Awaitable[None
 
 _HANDLERS: dict[str, Handler] = {}
 
-# Feature modules whose import registers handlers. Add a module here to wire it in.
+# Feature modules whose import registers event handlers or contact hooks
+# (stripesync.activity.hooks). Add a module here to wire it in; one line each.
 HANDLER_MODULES: tuple[str, ...] = ()
 
 
