@@ -12,7 +12,8 @@ RUN uv sync --frozen --no-dev --no-editable --python /usr/local/bin/python3
 # Runtime stage: the virtualenv, migrations and nothing else, as a non-root user.
 FROM python:3.11-slim-bookworm AS runtime
 RUN groupadd --system --gid 10001 stripesync \
- && useradd --system --uid 10001 --gid stripesync --home-dir /app --shell /usr/sbin/nologin stripesync
+ && useradd --system --uid 10001 --gid stripesync --home-dir /app --shell /usr/sbin/nologin stripesync \
+ && install -d -o stripesync -g stripesync /app /app/var
 WORKDIR /app
 COPY --from=build --chown=stripesync:stripesync /app/.venv /app/.venv
 COPY --chown=stripesync:stripesync alembic.ini ./
