@@ -70,6 +70,28 @@ def cmd_migrate(_: argparse.Namespace) -> None:
     migrate(settings.sqlalchemy_database_url)
 
 
+def cmd_rotate_keys(_: argparse.Namespace) -> None:
+    """Re-encrypt every stored secret under the first STRIPESYNC_ENCRYPTION_KEYS key."""
+    import asyncio
+
+    from stripesync.db import create_engine, create_session_factory
+    from stripesync.kit.crypto import rotate_encrypted_columns
+
+    settings = Settings()
+    settings.require("database_url", "encryption_keys")
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def run() -> int:
+        engine = create_engine(settings, pool_size=1)
+        try:
+            return await rotate_encrypted_columns(create_session_factory(engine), settings)
+        finally:
+            await engine.dispose()
+
+    count = asyncio.run(run())
+    print(f"re-encrypted {count} stored secrets under the first key")
+
+
 def _dev_secrets(data_dir: Path) -> dict[str, str]:
     """Generated once into the data dir, so tokens stay the same across `dev` restarts."""
     from cryptography.fernet import Fernet
@@ -88,11 +110,54 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
+def _wait_until_healthy(url: str, server: subprocess.Popen[bytes], timeout: float = 60) -> bool:
+    """Poll `url` until it answers 200; False if the server exits or time runs out."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own URL
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _dev_banner(base: str, env: dict[str, str], data_dir: Path) -> str:
+    secret = env["STRIPESYNC_STRIPE_WEBHOOK_SECRETS"].split(",")[0]
+    return (
+        "\nstripesync dev is running (API and worker)\n"
+        f"  API              {base}  (docs at {base}/docs)\n"
+        f"  Stripe webhooks  {base}/webhooks/stripe\n"
+        f"  platform token   {env['STRIPESYNC_PLATFORM_API_TOKEN']}\n"
+        f"  ops token        {env['STRIPESYNC_OPS_API_TOKEN']}\n"
+        f"  webhook secret   {secret}\n"
+        f"  database         {env['STRIPESYNC_DATABASE_URL']}\n"
+        f"  redis            {env['STRIPESYNC_REDIS_URL']}\n"
+        f"  mail outbox      {data_dir / 'outbox'}\n"
+        f"Secrets generated into {data_dir / 'dev-secrets.env'}; a STRIPESYNC_ variable you set\n"
+        "wins over them (with `stripe listen`: STRIPESYNC_STRIPE_WEBHOOK_SECRETS=its whsec_).\n"
+        f"Try it: curl -H 'Authorization: Bearer <ops token>' {base}/v1/ops/events\n"
+        "Ctrl-C stops everything.\n"
+    )
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
+    import logging
+
     from stripesync.embedded import EmbeddedRedis, start_postgres, stop_postgres
 
+    # Started in the background by a non-interactive shell, SIGINT arrives ignored; Ctrl-C
+    # and `kill -INT` must still stop everything.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     settings = Settings()
     configure_logging("console", settings.log_level)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "outbox").mkdir(exist_ok=True)
@@ -104,42 +169,35 @@ def cmd_dev(args: argparse.Namespace) -> None:
             env[key] = value
 
     cleanups: list[Callable[[], None]] = []
-    if not settings.database_url:
-        pg_dir = data_dir / "postgres"
-        env["STRIPESYNC_DATABASE_URL"] = start_postgres(pg_dir)
-        cleanups.append(lambda: stop_postgres(pg_dir))
-    if not settings.redis_url:
-        embedded_redis = EmbeddedRedis(data_dir / "redis", persist=True).start()
-        env["STRIPESYNC_REDIS_URL"] = embedded_redis.url
-        cleanups.append(embedded_redis.stop)
-
     children: list[subprocess.Popen[bytes]] = []
     try:
+        if not settings.database_url:
+            pg_dir = data_dir / "postgres"
+            cleanups.append(lambda: stop_postgres(pg_dir))
+            env["STRIPESYNC_DATABASE_URL"] = start_postgres(pg_dir)
+        if not settings.redis_url:
+            embedded_redis = EmbeddedRedis(data_dir / "redis", persist=True)
+            cleanups.append(embedded_redis.stop)
+            env["STRIPESYNC_REDIS_URL"] = embedded_redis.start().url
         migrate(env["STRIPESYNC_DATABASE_URL"])
         exe = [sys.executable, "-m", "stripesync.cli"]
         serve = [*exe, "serve", "--host", args.host, "--port", str(args.port)]
         children.append(subprocess.Popen(serve, env=env))  # noqa: S603
         children.append(subprocess.Popen([*exe, "worker"], env=env))  # noqa: S603
         base = f"http://{args.host}:{args.port}"
-        print(
-            "\nstripesync dev is running\n"
-            f"  API              {base}  (docs at {base}/docs)\n"
-            f"  Stripe webhooks  {base}/webhooks/stripe\n"
-            f"  platform token   {env['STRIPESYNC_PLATFORM_API_TOKEN']}\n"
-            f"  ops token        {env['STRIPESYNC_OPS_API_TOKEN']}\n"
-            f"  webhook secret   {env['STRIPESYNC_STRIPE_WEBHOOK_SECRETS'].split(',')[0]}\n"
-            f"  database         {env['STRIPESYNC_DATABASE_URL']}\n"
-            f"  redis            {env['STRIPESYNC_REDIS_URL']}\n"
-            f"  mail outbox      {data_dir / 'outbox'}\n"
-            "Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        if not _wait_until_healthy(f"{base}/healthz", children[0]):
+            print(f"stripesync: the API did not start on {base} (see above)", file=sys.stderr)
+            raise SystemExit(1)
+        print(_dev_banner(base, env, data_dir), flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
+        print("stripesync: a process exited; stopping the others", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C must not abandon the servers half-way through stopping them.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
@@ -148,8 +206,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
         for cleanup in reversed(cleanups):
             cleanup()
+        print("stripesync dev stopped.", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="alembic upgrade head, then exit")
     mig.set_defaults(func=cmd_migrate)
+
+    rotate = sub.add_parser(
+        "rotate-keys", help="re-encrypt every stored secret under the first encryption key"
+    )
+    rotate.set_defaults(func=cmd_rotate_keys)
 
     dev = sub.add_parser("dev", help="embedded Postgres + Redis when unset, migrate, API + worker")
     dev.add_argument("--host", default="127.0.0.1")
