@@ -70,28 +70,6 @@ def cmd_migrate(_: argparse.Namespace) -> None:
     migrate(settings.sqlalchemy_database_url)
 
 
-def cmd_rotate_keys(_: argparse.Namespace) -> None:
-    """Re-encrypt every stored secret under the first STRIPESYNC_ENCRYPTION_KEYS key."""
-    import asyncio
-
-    from stripesync.db import create_engine, create_session_factory
-    from stripesync.kit.crypto import rotate_encrypted_columns
-
-    settings = Settings()
-    settings.require("database_url", "encryption_keys")
-    configure_logging(settings.log_format, settings.log_level)
-
-    async def run() -> int:
-        engine = create_engine(settings, pool_size=1)
-        try:
-            return await rotate_encrypted_columns(create_session_factory(engine), settings)
-        finally:
-            await engine.dispose()
-
-    count = asyncio.run(run())
-    print(f"re-encrypted {count} stored secrets under the first key")
-
-
 def _dev_secrets(data_dir: Path) -> dict[str, str]:
     """Generated once into the data dir, so tokens stay the same across `dev` restarts."""
     from cryptography.fernet import Fernet
@@ -227,11 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="alembic upgrade head, then exit")
     mig.set_defaults(func=cmd_migrate)
-
-    rotate = sub.add_parser(
-        "rotate-keys", help="re-encrypt every stored secret under the first encryption key"
-    )
-    rotate.set_defaults(func=cmd_rotate_keys)
 
     dev = sub.add_parser("dev", help="embedded Postgres + Redis when unset, migrate, API + worker")
     dev.add_argument("--host", default="127.0.0.1")
