@@ -1,0 +1,547 @@
+"""A typed client for the Constant Contact V3 endpoints stripesync uses (external-apis.md).
+
+Every call goes through one shared request budget (`kit.ratelimit`), carries a timeout,
+refreshes the account's token once on a 401, retries throttling, 5xx and network errors
+with jittered backoff, and turns error bodies of both shapes the platform uses (a JSON array
+of `{error_key, error_message}` or a single such object) into a `PlatformError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from redis.asyncio import Redis
+
+from stripesync.config import Settings
+from stripesync.kit import metrics
+from stripesync.kit.clock import utcnow
+from stripesync.kit.ratelimit import QuotaExhausted, RateLimiter, next_utc_midnight
+
+# (force_refresh) -> access token. The accounts feature provides one per account
+# (`cc_access_token`), refreshing single-flight so rotating refresh tokens are used once.
+TokenProvider = Callable[[bool], Awaitable[str]]
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+# Platform limits (external-apis.md). Beyond them the platform drops data silently or says 400.
+MAX_IMPORT_CONTACTS = 40_000
+MAX_IMPORT_BYTES = 4_000_000  # "under 4 MB": stay clear of 4 MiB and 4 MB alike
+MAX_MEMBERSHIP_CONTACTS = 500
+MAX_LISTS_PER_CALL = 50
+MAX_EMAIL_LENGTH = 50
+MAX_NAME_LENGTH = 50
+MAX_PHONE_LENGTH = 25
+
+ActivityState = Literal[
+    "initialized", "processing", "completed", "cancelled", "failed", "timed_out"
+]
+FINISHED_STATES: frozenset[str] = frozenset({"completed", "cancelled", "failed", "timed_out"})
+CustomFieldType = Literal["string", "date", "currency", "number"]
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class PlatformError(Exception):
+    """A call the platform refused or that never got an answer.
+
+    `status` is None for network errors and timeouts. `retryable` says whether the same
+    call may succeed later (throttling, 5xx, network); a permanent 4xx is not retryable and
+    its `message` is the platform's own words, fit to show the merchant.
+    """
+
+    def __init__(
+        self,
+        status: int | None,
+        error_key: str,
+        message: str,
+        *,
+        retryable: bool,
+        endpoint: str = "",
+    ) -> None:
+        Exception.__init__(self, f"{endpoint}: {status} {error_key}: {message}")
+        self.status = status
+        self.error_key = error_key
+        self.message = message
+        self.retryable = retryable
+        self.endpoint = endpoint
+
+
+class PlatformThrottled(PlatformError):
+    """429 `throttled`: too many requests per second; slow down and try again."""
+
+
+class PlatformQuotaExceeded(PlatformError, QuotaExhausted):
+    """429 `quota_exceeded`: the API key's daily quota is used up until `retry_at`.
+
+    Also a `QuotaExhausted`, so callers defer on our own limiter's verdict and the
+    platform's with one `except`.
+    """
+
+    def __init__(
+        self, status: int, error_key: str, message: str, *, endpoint: str, retry_at: datetime
+    ) -> None:
+        PlatformError.__init__(self, status, error_key, message, retryable=False, endpoint=endpoint)
+        self.name = "constant_contact"
+        self.retry_at = retry_at
+
+
+def parse_error_body(body: bytes, status: int) -> tuple[str, str]:
+    """(error_key, error_message) from an error body of either shape, or from plain text.
+
+    Several errors in an array are joined into one message; the first error's key wins.
+    """
+    try:
+        data: Any = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    items: list[Mapping[str, Any]]
+    if isinstance(data, list):
+        items = [item for item in data if isinstance(item, Mapping)]
+    elif isinstance(data, Mapping):
+        items = [data]
+    else:
+        items = []
+    keys = [str(i.get("error_key") or i.get("error") or "") for i in items]
+    messages = [
+        str(i.get("error_message") or i.get("message") or i.get("error_description") or "")
+        for i in items
+    ]
+    key = next((k for k in keys if k), f"http_{status}")
+    message = "; ".join(m for m in messages if m)
+    if not message:
+        text = body.decode("utf-8", "replace").strip() if body else ""
+        message = text[:300] or f"HTTP {status}"
+    return key, message
+
+
+def error_from_response(response: httpx.Response, endpoint: str) -> PlatformError:
+    """The typed error for a non-2xx answer."""
+    status = response.status_code
+    key, message = parse_error_body(response.content, status)
+    if status == 429 and key == "quota_exceeded":
+        return PlatformQuotaExceeded(
+            status, key, message, endpoint=endpoint, retry_at=next_utc_midnight(utcnow())
+        )
+    if status == 429:
+        return PlatformThrottled(status, key, message, retryable=True, endpoint=endpoint)
+    retryable = status >= 500 or status == 408
+    return PlatformError(status, key, message, retryable=retryable, endpoint=endpoint)
+
+
+# --- request and response bodies ------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreetAddress(_Model):
+    kind: Literal["home", "work", "other"] = "home"
+    street: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+
+
+class CustomFieldValue(_Model):
+    custom_field_id: str
+    value: str
+
+
+class SignUpForm(_Model):
+    """Body of `POST /contacts/sign_up_form` (create or update by email, explicit permission)."""
+
+    email_address: str
+    list_memberships: list[str] = Field(min_length=1, max_length=MAX_LISTS_PER_CALL)
+    first_name: str | None = None
+    last_name: str | None = None
+    phone_number: str | None = None
+    street_address: StreetAddress | None = None
+    custom_fields: list[CustomFieldValue] = Field(default_factory=list)
+
+
+class SignUpResult(_Model):
+    contact_id: str
+    action: str = ""
+
+
+class Activity(_Model):
+    """A bulk activity's status; `activity_errors` are the platform's messages."""
+
+    activity_id: str
+    state: str = "initialized"
+    percent_done: int | None = None
+    activity_errors: list[str] = Field(default_factory=list)
+    status: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("activity_errors", mode="before")
+    @classmethod
+    def _messages(cls, value: Any) -> Any:
+        # Seen both as plain strings and as {"message": ...} objects.
+        if isinstance(value, list):
+            return [
+                str(v.get("message") or v.get("error_message") or v) if isinstance(v, dict) else v
+                for v in value
+            ]
+        return value or []
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+
+class PlatformContact(_Model):
+    """A contact as `GET /contacts?include=list_memberships` shows it."""
+
+    contact_id: str
+    email: str | None = None
+    permission_to_send: str | None = None
+    list_memberships: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> PlatformContact:
+        email_address = data.get("email_address") or {}
+        return cls(
+            contact_id=str(data["contact_id"]),
+            email=email_address.get("address"),
+            permission_to_send=email_address.get("permission_to_send"),
+            list_memberships=list(data.get("list_memberships") or []),
+        )
+
+
+class ContactList(_Model):
+    list_id: str
+    name: str
+
+
+class CustomField(_Model):
+    custom_field_id: str
+    label: str
+    name: str = ""
+    type: str = "string"
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class ConstantContactClient:
+    """One merchant account's view of the V3 API.
+
+    `token` answers the account's access token; called with True it must refresh it (once,
+    for everyone: the accounts feature's single-flight refresh). `limiter` is the budget of
+    the API key, shared by all workers; without one, calls are not rate-limited (tests only).
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        api_base: str,
+        token: TokenProvider,
+        limiter: RateLimiter | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        max_attempts: int = 4,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+    ) -> None:
+        self.http = http
+        self.base_url = api_base.rstrip("/") + "/v3"
+        self.token = token
+        self.limiter = limiter
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+
+    @classmethod
+    def from_settings(
+        cls,
+        http: httpx.AsyncClient,
+        settings: Settings,
+        *,
+        token: TokenProvider,
+        limiter: RateLimiter | None,
+        **options: Any,
+    ) -> ConstantContactClient:
+        """A client at `settings.cc_api_base` + "/v3"."""
+        return cls(http, api_base=settings.cc_api_base, token=token, limiter=limiter, **options)
+
+    # -- contacts --
+
+    async def sign_up_form(self, form: SignUpForm) -> SignUpResult:
+        """Create or update a contact by email with EXPLICIT permission; only ever adds lists.
+
+        Use it only for people who confirmed the opt-in email or consented at checkout.
+        """
+        response = await self._request(
+            "sign_up_form",
+            "POST",
+            "/contacts/sign_up_form",
+            json_body=form.model_dump(exclude_none=True),
+        )
+        return SignUpResult.model_validate(response.json())
+
+    async def find_contact(self, email: str) -> PlatformContact | None:
+        """The contact with this email, deleted ones included, with its list memberships."""
+        response = await self._request(
+            "find_contact",
+            "GET",
+            "/contacts",
+            params={"email": email, "status": "all", "include": "list_memberships"},
+        )
+        contacts = response.json().get("contacts") or []
+        return PlatformContact.from_api(contacts[0]) if contacts else None
+
+    # -- bulk activities --
+
+    async def contacts_json_import(
+        self, import_data: Sequence[Mapping[str, str]], list_ids: Sequence[str]
+    ) -> Activity:
+        """Start an import (new contacts get IMPLICIT permission) onto `list_ids`.
+
+        Refuses (ValueError) what the platform would silently truncate: more than 40,000
+        contacts or a body of 4 MB or more; and 0 or more than 50 lists.
+        """
+        if len(import_data) > MAX_IMPORT_CONTACTS:
+            raise ValueError(f"at most {MAX_IMPORT_CONTACTS} contacts per import")
+        _check_lists(list_ids)
+        body = encode_import_body(import_data, list_ids)
+        if len(body) >= MAX_IMPORT_BYTES:
+            raise ValueError(f"import body of {len(body)} bytes is not under {MAX_IMPORT_BYTES}")
+        response = await self._request(
+            "contacts_json_import", "POST", "/activities/contacts_json_import", content=body
+        )
+        return Activity.model_validate(response.json())
+
+    async def add_list_memberships(
+        self, contact_ids: Sequence[str], list_ids: Sequence[str]
+    ) -> Activity:
+        """Start adding up to 500 contacts (by platform id) to up to 50 lists."""
+        return await self._memberships("add_list_memberships", contact_ids, list_ids)
+
+    async def remove_list_memberships(
+        self, contact_ids: Sequence[str], list_ids: Sequence[str]
+    ) -> Activity:
+        """Start removing up to 500 contacts (by platform id) from up to 50 lists."""
+        return await self._memberships("remove_list_memberships", contact_ids, list_ids)
+
+    async def get_activity(self, activity_id: str) -> Activity:
+        """The current status of a bulk activity."""
+        response = await self._request(
+            "get_activity", "GET", f"/activities/{_path_segment(activity_id)}"
+        )
+        return Activity.model_validate(response.json())
+
+    async def wait_for_activity(
+        self,
+        activity_id: str,
+        *,
+        interval: float = 2.0,
+        max_interval: float = 30.0,
+        give_up_after: float = 3600.0,
+    ) -> Activity:
+        """Poll an activity until it finishes (completed, failed, cancelled, timed_out).
+
+        The interval grows by half each poll, up to `max_interval`, to spare the daily quota.
+        Raises TimeoutError after `give_up_after` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + give_up_after
+        while True:
+            activity = await self.get_activity(activity_id)
+            if activity.finished:
+                return activity
+            if loop.time() + interval > deadline:
+                raise TimeoutError(f"activity {activity_id} still {activity.state}")
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, max_interval)
+
+    # -- lists and custom fields --
+
+    async def create_contact_list(self, name: str, description: str = "") -> ContactList:
+        """Create a list; a duplicate name is a 409 `PlatformError`."""
+        response = await self._request(
+            "create_contact_list",
+            "POST",
+            "/contact_lists",
+            json_body={"name": name, "description": description},
+        )
+        return ContactList.model_validate(response.json())
+
+    async def find_contact_list(self, name: str) -> ContactList | None:
+        """The list with exactly this name, if any."""
+        response = await self._request(
+            "find_contact_list", "GET", "/contact_lists", params={"name": name}
+        )
+        for item in response.json().get("lists") or []:
+            if item.get("name") == name:
+                return ContactList.model_validate(item)
+        return None
+
+    async def ensure_contact_list(self, name: str, description: str = "") -> ContactList:
+        """The list named `name`: created, or found when the name is taken (409)."""
+        try:
+            return await self.create_contact_list(name, description)
+        except PlatformError as exc:
+            if exc.status != 409:
+                raise
+        found = await self.find_contact_list(name)
+        if found is None:
+            raise PlatformError(
+                409,
+                "conflict",
+                f"list name {name!r} is taken but no list has it",
+                retryable=True,
+                endpoint="find_contact_list",
+            )
+        return found
+
+    async def create_custom_field(self, label: str, type_: CustomFieldType) -> CustomField:
+        """Create a contact custom field (100 per account)."""
+        response = await self._request(
+            "create_custom_field",
+            "POST",
+            "/contact_custom_fields",
+            json_body={"label": label, "type": type_},
+        )
+        return CustomField.model_validate(response.json())
+
+    async def list_custom_fields(self) -> list[CustomField]:
+        """The account's contact custom fields."""
+        response = await self._request(
+            "list_custom_fields", "GET", "/contact_custom_fields", params={"limit": 100}
+        )
+        return [CustomField.model_validate(f) for f in response.json().get("custom_fields") or []]
+
+    async def ensure_custom_field(self, label: str, type_: CustomFieldType) -> CustomField:
+        """The custom field labelled `label`: created, or found when it already exists."""
+        try:
+            return await self.create_custom_field(label, type_)
+        except PlatformError as exc:
+            if exc.retryable or exc.status in (401, 403):
+                raise
+            conflict = exc
+        for field in await self.list_custom_fields():
+            if field.label == label:
+                return field
+        raise conflict
+
+    # -- plumbing --
+
+    async def _memberships(
+        self, endpoint: str, contact_ids: Sequence[str], list_ids: Sequence[str]
+    ) -> Activity:
+        if not 1 <= len(contact_ids) <= MAX_MEMBERSHIP_CONTACTS:
+            raise ValueError(f"1 to {MAX_MEMBERSHIP_CONTACTS} contact ids per call")
+        _check_lists(list_ids)
+        response = await self._request(
+            endpoint,
+            "POST",
+            f"/activities/{endpoint}",
+            json_body={"source": {"contact_ids": list(contact_ids)}, "list_ids": list(list_ids)},
+        )
+        return Activity.model_validate(response.json())
+
+    async def _request(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        if json_body is not None:
+            content = json.dumps(json_body, separators=(",", ":")).encode()
+        headers = {"Accept": "application/json"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            headers["Authorization"] = f"Bearer {await self.token(refreshed)}"
+            try:
+                response = await self.http.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    content=content,
+                    headers=headers,
+                    timeout=self.timeout,
+                )
+            except httpx.TransportError as exc:  # timeouts, refused connections, resets
+                metrics.PLATFORM_CALLS.labels(endpoint, "network_error").inc()
+                error = PlatformError(
+                    None, "network_error", type(exc).__name__, retryable=True, endpoint=endpoint
+                )
+                if attempt >= self.max_attempts:
+                    raise error from exc
+                await asyncio.sleep(self._backoff(attempt, None))
+                continue
+            metrics.PLATFORM_CALLS.labels(endpoint, str(response.status_code)).inc()
+            if response.status_code < 400:
+                return response
+            if response.status_code == 401 and not refreshed:
+                # The token expired or was rotated: refresh once, then try once more.
+                refreshed = True
+                attempt -= 1
+                continue
+            error = error_from_response(response, endpoint)
+            if isinstance(error, PlatformQuotaExceeded):
+                if self.limiter is not None:
+                    await self.limiter.exhaust_today()
+                raise error
+            if not error.retryable or attempt >= self.max_attempts:
+                raise error
+            await asyncio.sleep(self._backoff(attempt, response.headers.get("Retry-After")))
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        """Exponential backoff with full jitter; a Retry-After in seconds is a floor."""
+        delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
+        if retry_after is not None:
+            with contextlib.suppress(ValueError):
+                delay = max(delay, min(float(retry_after), self.backoff_cap))
+        return delay
+
+
+def encode_import_body(import_data: Sequence[Mapping[str, str]], list_ids: Sequence[str]) -> bytes:
+    """The exact bytes `contacts_json_import` sends, so callers can size batches."""
+    body = {"import_data": list(import_data), "list_ids": list(list_ids)}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def constant_contact_limiter(redis: Redis, settings: Settings) -> RateLimiter:
+    """The budget of our Constant Contact API key, shared by every worker process."""
+    return RateLimiter(
+        redis,
+        f"cc:{settings.cc_client_id or 'default'}",
+        per_second=settings.cc_requests_per_second,
+        per_day=settings.cc_requests_per_day,
+        margin_seconds=settings.cc_rate_margin_seconds,
+        api="constant_contact",
+    )
+
+
+def _check_lists(list_ids: Sequence[str]) -> None:
+    if not 1 <= len(list_ids) <= MAX_LISTS_PER_CALL:
+        raise ValueError(f"1 to {MAX_LISTS_PER_CALL} list ids per call")
+
+
+def _path_segment(value: str) -> str:
+    # Ids come from the platform, but never let one reshape the URL path.
+    return quote(value, safe="")
