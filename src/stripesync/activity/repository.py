@@ -1,0 +1,581 @@
+"""All SQL of payment activity.
+
+ORDER INDEPENDENCE: the rule. Stripe delivers at least once, in any order, and `created`
+has one-second resolution, so no write below trusts arrival order or `created` alone.
+Every merge is a join in a semilattice (commutative, associative, idempotent), so any
+permutation of any multiset of snapshots ends in the same row:
+
+- Payments (one row per charge): the status only moves up the lattice
+  pending < failed < succeeded (both final states are terminal; one charge never reaches
+  both); `amount_refunded` only grows (max); `refunded_at` belongs to the largest refunded
+  amount (earliest sighting of it); `charge_seen` is an OR, and once the charge itself was
+  seen its amount / currency / created win over what an intent or invoice said (those are
+  combined with min / max otherwise); ids that never change (customer, intent, invoice,
+  billing name / country) are combined with LEAST, which ignores nulls. The guest email
+  keeps the value of the latest observation, ties broken by the address itself.
+- Customers: a deletion is a tombstone and final (Stripe never reuses ids). Otherwise the
+  snapshot with the greater (observed_at, digest) wins: the event's `created` first, and for
+  same-second snapshots the content digest, which is arbitrary but the same whatever the
+  order. (Stripe customers carry no version field; an import or resync re-fetch corrects a
+  same-second tie that picked the older content.)
+- Subscriptions: terminal states (canceled, incomplete_expired; `customer.subscription.
+  deleted`) win over live ones; otherwise the greater (observed_at, status rank) wins.
+- Checkout sessions: immutable once completed; the first stored copy stays.
+- Links and contact aggregates are pure functions of these rows (linking.py), recomputed
+  after every apply, so they inherit the order independence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from sqlalchemy import BigInteger, String, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stripesync.activity.context import ActivityContext
+from stripesync.activity.objects import (
+    PAYMENT_STATUS_RANK,
+    CheckoutSnapshot,
+    CustomerSnapshot,
+    PaymentSnapshot,
+    SubscriptionSnapshot,
+)
+
+_IDS = bindparam("ids", type_=ARRAY(BigInteger))
+_HASHES = bindparam("hashes", type_=ARRAY(String))
+_EMAILS = bindparam("emails", type_=ARRAY(String))
+
+# Same-second tie-break for live subscription states: the later step of the usual lifecycle.
+SUBSCRIPTION_STATUS_RANK = (
+    "incomplete",
+    "trialing",
+    "active",
+    "past_due",
+    "unpaid",
+    "paused",
+    "incomplete_expired",
+    "canceled",
+)
+TERMINAL_SUBSCRIPTION = ("canceled", "incomplete_expired")
+
+
+def _key(ctx: ActivityContext) -> dict[str, Any]:
+    return {"account_id": ctx.account_id, "livemode": ctx.livemode}
+
+
+async def upsert_customer(
+    session: AsyncSession, ctx: ActivityContext, snap: CustomerSnapshot
+) -> None:
+    await session.execute(
+        text(
+            """
+            INSERT INTO stripe_customers AS c (account_id, livemode, stripe_id, email,
+                email_problem, name, country, created, deleted, observed_at, digest)
+            VALUES (:account_id, :livemode, :stripe_id, :email, :email_problem, :name,
+                :country, :created, :deleted, :observed_at, :digest)
+            ON CONFLICT (account_id, livemode, stripe_id) DO UPDATE SET
+                email = EXCLUDED.email, email_problem = EXCLUDED.email_problem,
+                name = EXCLUDED.name, country = EXCLUDED.country,
+                created = LEAST(c.created, EXCLUDED.created), deleted = EXCLUDED.deleted,
+                observed_at = EXCLUDED.observed_at, digest = EXCLUDED.digest,
+                updated_at = now()
+            WHERE NOT c.deleted AND (EXCLUDED.deleted
+                OR (EXCLUDED.observed_at, EXCLUDED.digest) > (c.observed_at, c.digest))
+            """
+        ),
+        {
+            **_key(ctx),
+            "stripe_id": snap.stripe_id,
+            "email": snap.email,
+            "email_problem": snap.email_problem,
+            "name": snap.name,
+            "country": snap.country,
+            "created": snap.created,
+            "deleted": snap.deleted,
+            "observed_at": ctx.observed_at,
+            "digest": snap.digest,
+        },
+    )
+
+
+def _status_rank(column: str) -> str:
+    values = ",".join(f"'{s}'" for s in PAYMENT_STATUS_RANK)
+    return f"array_position(ARRAY[{values}]::text[], {column}::text)"
+
+
+def _charge_wins(column: str, combine: str) -> str:
+    """The charge's own value once it was seen; otherwise combine intent / invoice values."""
+    return (
+        f"CASE WHEN EXCLUDED.charge_seen AND NOT p.charge_seen THEN EXCLUDED.{column} "
+        f"WHEN p.charge_seen AND NOT EXCLUDED.charge_seen THEN p.{column} "
+        f"ELSE {combine}(p.{column}, EXCLUDED.{column}) END"
+    )
+
+
+_NEWER_GUEST_EMAIL = (
+    "EXCLUDED.guest_email IS NOT NULL AND (p.guest_email IS NULL OR "
+    "(EXCLUDED.guest_email_at, EXCLUDED.guest_email) > (p.guest_email_at, p.guest_email))"
+)
+
+
+async def upsert_payment(
+    session: AsyncSession, ctx: ActivityContext, snap: PaymentSnapshot
+) -> None:
+    await session.execute(
+        text(
+            f"""
+            INSERT INTO payments AS p (account_id, livemode, charge_id, payment_intent_id,
+                invoice_id, customer_id, guest_email, guest_email_at, billing_name,
+                billing_country, amount, amount_refunded, currency, status, created,
+                charge_seen, refunded_at)
+            VALUES (:account_id, :livemode, :charge_id, :payment_intent_id, :invoice_id,
+                :customer_id, :guest_email, :guest_email_at, :billing_name, :billing_country,
+                :amount, :amount_refunded, :currency, :status, :created, :charge_seen,
+                :refunded_at)
+            ON CONFLICT (account_id, livemode, charge_id) DO UPDATE SET
+                payment_intent_id = LEAST(p.payment_intent_id, EXCLUDED.payment_intent_id),
+                invoice_id = LEAST(p.invoice_id, EXCLUDED.invoice_id),
+                customer_id = LEAST(p.customer_id, EXCLUDED.customer_id),
+                guest_email = CASE WHEN {_NEWER_GUEST_EMAIL}
+                    THEN EXCLUDED.guest_email ELSE p.guest_email END,
+                guest_email_at = CASE WHEN {_NEWER_GUEST_EMAIL}
+                    THEN EXCLUDED.guest_email_at ELSE p.guest_email_at END,
+                billing_name = LEAST(p.billing_name, EXCLUDED.billing_name),
+                billing_country = LEAST(p.billing_country, EXCLUDED.billing_country),
+                amount = {_charge_wins("amount", "GREATEST")},
+                currency = {_charge_wins("currency", "LEAST")},
+                created = {_charge_wins("created", "LEAST")},
+                amount_refunded = GREATEST(p.amount_refunded, EXCLUDED.amount_refunded),
+                refunded_at = CASE
+                    WHEN EXCLUDED.amount_refunded > p.amount_refunded THEN EXCLUDED.refunded_at
+                    WHEN EXCLUDED.amount_refunded < p.amount_refunded THEN p.refunded_at
+                    ELSE LEAST(p.refunded_at, EXCLUDED.refunded_at) END,
+                status = CASE WHEN {_status_rank("EXCLUDED.status")} > {_status_rank("p.status")}
+                    THEN EXCLUDED.status ELSE p.status END,
+                charge_seen = p.charge_seen OR EXCLUDED.charge_seen,
+                updated_at = now()
+            """  # noqa: S608 - only constants are interpolated
+        ),
+        {
+            **_key(ctx),
+            "charge_id": snap.charge_id,
+            "payment_intent_id": snap.payment_intent_id,
+            "invoice_id": snap.invoice_id,
+            "customer_id": snap.customer_id,
+            "guest_email": snap.guest_email,
+            "guest_email_at": ctx.observed_at if snap.guest_email else None,
+            "billing_name": snap.billing_name,
+            "billing_country": snap.billing_country,
+            "amount": snap.amount,
+            "amount_refunded": snap.amount_refunded,
+            "currency": snap.currency,
+            "status": snap.status,
+            "created": snap.created,
+            "charge_seen": snap.charge_seen,
+            "refunded_at": snap.refunded_at,
+        },
+    )
+
+
+async def upsert_subscription(
+    session: AsyncSession, ctx: ActivityContext, snap: SubscriptionSnapshot
+) -> None:
+    ranks = ",".join(f"'{s}'" for s in SUBSCRIPTION_STATUS_RANK)
+    terminal = ",".join(f"'{s}'" for s in TERMINAL_SUBSCRIPTION)
+
+    def order(alias: str) -> str:
+        return (
+            f"({alias}.status IN ({terminal}), {alias}.observed_at, "
+            f"coalesce(array_position(ARRAY[{ranks}]::text[], {alias}.status::text), 0))"
+        )
+
+    await session.execute(
+        text(
+            f"""
+            INSERT INTO subscriptions AS s (account_id, livemode, stripe_id, customer_id,
+                status, created, observed_at)
+            VALUES (:account_id, :livemode, :stripe_id, :customer_id, :status, :created,
+                :observed_at)
+            ON CONFLICT (account_id, livemode, stripe_id) DO UPDATE SET
+                customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
+                created = LEAST(s.created, EXCLUDED.created),
+                observed_at = EXCLUDED.observed_at, updated_at = now()
+            WHERE {order("EXCLUDED")} > {order("s")}
+            """  # noqa: S608 - only constants are interpolated
+        ),
+        {
+            **_key(ctx),
+            "stripe_id": snap.stripe_id,
+            "customer_id": snap.customer_id,
+            "status": snap.status,
+            "created": snap.created,
+            "observed_at": ctx.observed_at,
+        },
+    )
+
+
+async def upsert_checkout(
+    session: AsyncSession, ctx: ActivityContext, snap: CheckoutSnapshot
+) -> None:
+    await session.execute(
+        text(
+            """
+            INSERT INTO checkout_sessions (account_id, livemode, stripe_id, customer_id,
+                payment_intent_id, email, promotions, created)
+            VALUES (:account_id, :livemode, :stripe_id, :customer_id, :payment_intent_id,
+                :email, :promotions, :created)
+            ON CONFLICT (account_id, livemode, stripe_id) DO NOTHING
+            """
+        ),
+        {
+            **_key(ctx),
+            "stripe_id": snap.stripe_id,
+            "customer_id": snap.customer_id,
+            "payment_intent_id": snap.payment_intent_id,
+            "email": snap.email,
+            "promotions": snap.promotions,
+            "created": snap.created,
+        },
+    )
+
+
+# --- links -----------------------------------------------------------------------------
+
+
+async def customer_link(
+    session: AsyncSession, ctx: ActivityContext, stripe_id: str
+) -> tuple[str | None, bool, int | None] | None:
+    """(email, deleted, contact_id) of a stored customer, locked; None when not stored."""
+    row = (
+        await session.execute(
+            text(
+                """
+                SELECT email, deleted, contact_id FROM stripe_customers
+                WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
+                FOR UPDATE
+                """
+            ),
+            {**_key(ctx), "sid": stripe_id},
+        )
+    ).one_or_none()
+    return None if row is None else (row.email, row.deleted, row.contact_id)
+
+
+async def set_customer_contact(
+    session: AsyncSession, ctx: ActivityContext, stripe_id: str, contact_id: int | None
+) -> None:
+    await session.execute(
+        text(
+            """
+            UPDATE stripe_customers SET contact_id = :cid
+            WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
+            """
+        ),
+        {**_key(ctx), "sid": stripe_id, "cid": contact_id},
+    )
+
+
+async def payment_links(
+    session: AsyncSession,
+    ctx: ActivityContext,
+    *,
+    charge_id: str | None = None,
+    customer_id: str | None = None,
+) -> list[Any]:
+    """Rows (id, contact_id, guest_email, has_customer, customer_deleted, customer_contact)
+    of the payments of one charge or of one customer, locked."""
+    column = "charge_id" if charge_id is not None else "customer_id"
+    result = await session.execute(
+        text(
+            f"""
+            SELECT p.id, p.contact_id, p.guest_email, cu.id IS NOT NULL AS has_customer,
+                coalesce(cu.deleted, false) AS customer_deleted,
+                cu.contact_id AS customer_contact
+            FROM payments p
+            LEFT JOIN stripe_customers cu ON cu.account_id = p.account_id
+                AND cu.livemode = p.livemode AND cu.stripe_id = p.customer_id
+            WHERE p.account_id = :account_id AND p.livemode = :livemode AND p.{column} = :v
+            ORDER BY p.id
+            FOR UPDATE OF p
+            """  # noqa: S608 - the column name is one of two constants
+        ),
+        {**_key(ctx), "v": charge_id if charge_id is not None else customer_id},
+    )
+    return list(result.all())
+
+
+async def set_payment_contact(
+    session: AsyncSession, payment_id: int, contact_id: int | None
+) -> None:
+    await session.execute(
+        text("UPDATE payments SET contact_id = :cid WHERE id = :id"),
+        {"id": payment_id, "cid": contact_id},
+    )
+
+
+async def checkout_link(
+    session: AsyncSession, ctx: ActivityContext, stripe_id: str
+) -> tuple[str | None, int | None, str | None] | None:
+    row = (
+        await session.execute(
+            text(
+                """
+                SELECT email, contact_id, promotions FROM checkout_sessions
+                WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
+                FOR UPDATE
+                """
+            ),
+            {**_key(ctx), "sid": stripe_id},
+        )
+    ).one_or_none()
+    return None if row is None else (row.email, row.contact_id, row.promotions)
+
+
+async def set_checkout_contact(
+    session: AsyncSession, ctx: ActivityContext, stripe_id: str, contact_id: int | None
+) -> None:
+    await session.execute(
+        text(
+            """
+            UPDATE checkout_sessions SET contact_id = :cid
+            WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
+            """
+        ),
+        {**_key(ctx), "sid": stripe_id, "cid": contact_id},
+    )
+
+
+async def contact_of_customer(
+    session: AsyncSession, ctx: ActivityContext, stripe_id: str
+) -> int | None:
+    value = await session.scalar(
+        text(
+            """
+            SELECT contact_id FROM stripe_customers WHERE account_id = :account_id
+            AND livemode = :livemode AND stripe_id = :sid AND NOT deleted
+            """
+        ),
+        {**_key(ctx), "sid": stripe_id},
+    )
+    return int(value) if value is not None else None
+
+
+# --- contacts --------------------------------------------------------------------------
+
+
+async def suppressed_hashes(
+    session: AsyncSession, account_id: str, hashes: Collection[str]
+) -> set[str]:
+    if not hashes:
+        return set()
+    rows = await session.scalars(
+        text(
+            "SELECT email_hash FROM suppressions "
+            "WHERE account_id = :account_id AND email_hash = ANY(:hashes)"
+        ).bindparams(_HASHES),
+        {"account_id": account_id, "hashes": list(hashes)},
+    )
+    return set(rows.all())
+
+
+async def contact_ids_by_email(
+    session: AsyncSession, account_id: str, emails: Collection[str]
+) -> dict[str, int]:
+    rows = await session.execute(
+        text(
+            "SELECT email, id FROM contacts WHERE account_id = :account_id AND email = ANY(:emails)"
+        ).bindparams(_EMAILS),
+        {"account_id": account_id, "emails": list(emails)},
+    )
+    return {row.email: int(row.id) for row in rows}
+
+
+async def insert_contacts(
+    session: AsyncSession, account_id: str, rows: Iterable[tuple[str, str, str]]
+) -> dict[str, int]:
+    """Insert (email, domain, consent_state) rows that do not exist yet; returns the new ids."""
+    created: dict[str, int] = {}
+    for email, domain, state in rows:
+        new_id = await session.scalar(
+            text(
+                """
+                INSERT INTO contacts (account_id, email, email_domain, consent_state)
+                VALUES (:account_id, :email, :domain, :state)
+                ON CONFLICT (account_id, email) DO NOTHING
+                RETURNING id
+                """
+            ),
+            {"account_id": account_id, "email": email, "domain": domain, "state": state},
+        )
+        if new_id is not None:
+            created[email] = int(new_id)
+    return created
+
+
+# Consent states nobody but Stripe activity put there: such a contact disappears with its
+# last source. A person's own word (pending, confirmed, declined, unsubscribed) stays.
+DISPOSABLE_CONSENT = ("none", "implied")
+
+
+async def delete_sourceless_contacts(
+    session: AsyncSession, account_id: str, ids: Collection[int]
+) -> set[int]:
+    if not ids:
+        return set()
+    states = ",".join(f"'{s}'" for s in DISPOSABLE_CONSENT)
+    rows = await session.scalars(
+        text(
+            f"""
+            DELETE FROM contacts c
+            WHERE c.account_id = :account_id AND c.id = ANY(:ids)
+              AND c.consent_state IN ({states})
+              AND NOT EXISTS (SELECT 1 FROM stripe_customers s
+                              WHERE s.contact_id = c.id AND NOT s.deleted)
+              AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.contact_id = c.id)
+              AND NOT EXISTS (SELECT 1 FROM checkout_sessions k WHERE k.contact_id = c.id)
+            RETURNING c.id
+            """  # noqa: S608 - only constants are interpolated
+        ).bindparams(_IDS),
+        {"account_id": account_id, "ids": list(ids)},
+    )
+    return {int(i) for i in rows.all()}
+
+
+_COUNTED = "p.status = 'succeeded' AND p.amount_refunded < p.amount"
+
+# Recompute the activity fields of segments.md from stored rows, and write only the contacts
+# whose values differ (bumping `version`, the sync engine's change feed).
+_REFRESH_ACTIVITY = f"""
+WITH ids AS (SELECT unnest(:ids) AS id),
+pay AS (
+    SELECT p.contact_id AS id,
+        count(*) FILTER (WHERE {_COUNTED}) AS purchase_count,
+        min(p.created) FILTER (WHERE {_COUNTED}) AS first_purchase_at,
+        max(p.created) FILTER (WHERE {_COUNTED}) AS last_purchase_at,
+        max(p.created) FILTER (WHERE p.status = 'failed') AS last_failed_at,
+        max(p.created) FILTER (WHERE p.status = 'succeeded') AS last_success_at,
+        count(*) FILTER (WHERE p.status = 'succeeded' AND p.amount_refunded > 0)
+            AS refund_count,
+        max(p.refunded_at) FILTER (WHERE p.status = 'succeeded' AND p.amount_refunded > 0)
+            AS last_refund_at
+    FROM payments p
+    WHERE p.contact_id IN (SELECT id FROM ids) AND p.livemode = :livemode
+    GROUP BY p.contact_id
+),
+spent AS (
+    SELECT id, jsonb_object_agg(currency, total) AS total_spent FROM (
+        SELECT p.contact_id AS id, p.currency, sum(p.amount - p.amount_refunded)::bigint AS total
+        FROM payments p
+        WHERE p.contact_id IN (SELECT id FROM ids) AND p.livemode = :livemode AND {_COUNTED}
+        GROUP BY p.contact_id, p.currency
+    ) per_currency GROUP BY id
+),
+cust AS (
+    SELECT s.contact_id AS id, min(s.created) AS customer_created_at
+    FROM stripe_customers s
+    WHERE s.contact_id IN (SELECT id FROM ids) AND NOT s.deleted AND s.livemode = :livemode
+    GROUP BY s.contact_id
+),
+subs AS (
+    SELECT cu.contact_id AS id, min(CASE sub.status
+        WHEN 'active' THEN 1 WHEN 'trialing' THEN 2 WHEN 'past_due' THEN 3
+        WHEN 'unpaid' THEN 3 WHEN 'canceled' THEN 4 WHEN 'incomplete_expired' THEN 4
+        WHEN 'paused' THEN 4 ELSE 5 END) AS best
+    FROM subscriptions sub
+    JOIN stripe_customers cu ON cu.account_id = sub.account_id
+        AND cu.livemode = sub.livemode AND cu.stripe_id = sub.customer_id
+    WHERE cu.contact_id IN (SELECT id FROM ids) AND NOT cu.deleted AND cu.livemode = :livemode
+    GROUP BY cu.contact_id
+),
+person AS (
+    -- name and country: the newest customer's, else the newest payment's billing details
+    SELECT ids.id,
+        (SELECT v FROM (
+            SELECT s.name AS v, 0 AS pri, s.created AS at, s.stripe_id AS k
+            FROM stripe_customers s WHERE s.contact_id = ids.id AND NOT s.deleted
+                AND s.livemode = :livemode AND s.name IS NOT NULL
+            UNION ALL
+            SELECT p.billing_name, 1, p.created, p.charge_id FROM payments p
+            WHERE p.contact_id = ids.id AND p.livemode = :livemode AND p.billing_name IS NOT NULL
+        ) n ORDER BY pri, at DESC NULLS LAST, k LIMIT 1) AS name,
+        (SELECT v FROM (
+            SELECT s.country AS v, 0 AS pri, s.created AS at, s.stripe_id AS k
+            FROM stripe_customers s WHERE s.contact_id = ids.id AND NOT s.deleted
+                AND s.livemode = :livemode AND s.country IS NOT NULL
+            UNION ALL
+            SELECT p.billing_country, 1, p.created, p.charge_id FROM payments p
+            WHERE p.contact_id = ids.id AND p.livemode = :livemode
+                AND p.billing_country IS NOT NULL
+        ) c ORDER BY pri, at DESC NULLS LAST, k LIMIT 1) AS country
+    FROM ids
+),
+fresh AS (
+    SELECT ids.id,
+        coalesce(pay.purchase_count, 0)::int AS purchase_count,
+        coalesce(spent.total_spent, '{{}}'::jsonb) AS total_spent,
+        pay.first_purchase_at, pay.last_purchase_at, pay.last_failed_at,
+        coalesce(pay.last_failed_at > pay.last_success_at
+                 OR (pay.last_failed_at IS NOT NULL AND pay.last_success_at IS NULL), false)
+            AS has_failed_since_last_purchase,
+        coalesce(pay.refund_count, 0)::int AS refund_count,
+        pay.last_refund_at,
+        cust.customer_created_at,
+        (ARRAY['active','trialing','past_due','canceled','none'])[coalesce(subs.best, 5)]
+            AS subscription_status,
+        person.name, person.country
+    FROM ids
+    LEFT JOIN pay ON pay.id = ids.id
+    LEFT JOIN spent ON spent.id = ids.id
+    LEFT JOIN cust ON cust.id = ids.id
+    LEFT JOIN subs ON subs.id = ids.id
+    LEFT JOIN person ON person.id = ids.id
+)
+UPDATE contacts c SET
+    purchase_count = f.purchase_count, total_spent = f.total_spent,
+    first_purchase_at = f.first_purchase_at, last_purchase_at = f.last_purchase_at,
+    last_failed_at = f.last_failed_at,
+    has_failed_since_last_purchase = f.has_failed_since_last_purchase,
+    refund_count = f.refund_count, last_refund_at = f.last_refund_at,
+    customer_created_at = f.customer_created_at, subscription_status = f.subscription_status,
+    name = f.name, country = f.country,
+    version = c.version + 1, updated_at = now()
+FROM fresh f
+WHERE c.id = f.id AND c.account_id = :account_id
+  AND (c.purchase_count, c.total_spent, c.first_purchase_at, c.last_purchase_at,
+       c.last_failed_at, c.has_failed_since_last_purchase, c.refund_count, c.last_refund_at,
+       c.customer_created_at, c.subscription_status, c.name, c.country)
+  IS DISTINCT FROM
+      (f.purchase_count, f.total_spent, f.first_purchase_at, f.last_purchase_at,
+       f.last_failed_at, f.has_failed_since_last_purchase, f.refund_count, f.last_refund_at,
+       f.customer_created_at, f.subscription_status, f.name, f.country)
+RETURNING c.id
+"""  # noqa: S608 - only constants are interpolated
+
+
+async def refresh_activity(
+    session: AsyncSession, ctx: ActivityContext, ids: Collection[int]
+) -> set[int]:
+    """Recompute the contacts' activity; returns the ids whose fields changed."""
+    if not ids:
+        return set()
+    rows = await session.scalars(
+        text(_REFRESH_ACTIVITY).bindparams(_IDS),
+        {**_key(ctx), "ids": sorted(ids)},
+    )
+    return {int(i) for i in rows.all()}
+
+
+async def existing_contacts(
+    session: AsyncSession, account_id: str, ids: Collection[int]
+) -> set[int]:
+    if not ids:
+        return set()
+    rows = await session.scalars(
+        text(
+            "SELECT id FROM contacts WHERE account_id = :account_id AND id = ANY(:ids)"
+        ).bindparams(_IDS),
+        {"account_id": account_id, "ids": list(ids)},
+    )
+    return {int(i) for i in rows.all()}
