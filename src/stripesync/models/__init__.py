@@ -12,23 +12,37 @@ from stripesync.models.activity import (
 from stripesync.models.base import Base
 from stripesync.models.contact import PERMITTED_CONSENT, ConsentState, Contact
 from stripesync.models.event import PENDING_STATES, EventState, StripeEvent
+from stripesync.models.sync import (
+    BatchKind,
+    BatchState,
+    CustomFieldKey,
+    PlatformCustomField,
+    SyncBatch,
+    SyncState,
+)
 
 __all__ = [
     "PENDING_STATES",
     "PERMITTED_CONSENT",
     "Account",
     "Base",
+    "BatchKind",
+    "BatchState",
     "CheckoutSession",
     "ConnectionMode",
     "ConnectionStatus",
     "ConsentEvent",
     "ConsentState",
     "Contact",
+    "CustomFieldKey",
     "EventState",
     "Payment",
+    "PlatformCustomField",
     "StripeConnection",
     "StripeCustomer",
     "StripeEvent",
     "Subscription",
     "Suppression",
+    "SyncBatch",
+    "SyncState",
 ]

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, func, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stripesync.models.base import Base
@@ -54,10 +54,29 @@ class Contact(Base):
 
     # The change feed: bumped whenever fields, consent, activity or desired lists change.
     version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+
+    # The platform side (sync engine): what was pushed, and how that went.
+    platform_contact_id: Mapped[str | None] = mapped_column(String(64))
+    synced_version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    sync_state: Mapped[str] = mapped_column(String(16), server_default="pending")  # SyncState
+    sync_error: Mapped[str | None] = mapped_column(Text)
+    synced_at: Mapped[datetime | None]
+    sync_deferred_until: Mapped[datetime | None]
+    # The platform list ids last pushed: removals are these minus the desired ones.
+    synced_lists: Mapped[list[str]] = mapped_column(
+        ARRAY(String(64)), server_default=text("'{}'::varchar[]")
+    )
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
     __table_args__ = (
         UniqueConstraint("account_id", "email", name="uq_contacts_account_email"),
         Index("ix_contacts_account_id_id", "account_id", "id"),
+        # The sync engine's outbox: contacts whose pushed version lags their version.
+        Index(
+            "ix_contacts_sync_lag",
+            "account_id",
+            "id",
+            postgresql_where=text("synced_version < version"),
+        ),
     )
