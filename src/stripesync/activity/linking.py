@@ -24,6 +24,7 @@ from stripesync.activity import consent, repository
 from stripesync.activity.context import ActivityContext
 from stripesync.activity.hooks import contacts_changed
 from stripesync.activity.identity import email_domain, email_hash
+from stripesync.models import ConsentState
 
 
 @dataclass
@@ -63,7 +64,7 @@ async def ensure_contacts(
         for email, contact_id in created.items():
             changes.changed.add(contact_id)
             changes.touched.add(contact_id)
-            if states[email] != ledger.get(email):
+            if states[email] == ConsentState.IMPLIED and ledger.get(email) != ConsentState.IMPLIED:
                 await consent.append_ledger(
                     session,
                     ctx.account_id,
