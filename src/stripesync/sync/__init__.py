@@ -1,0 +1,1 @@
+"""Pushing contacts, their fields and list memberships to the platform (Constant Contact)."""
