@@ -15,12 +15,15 @@ from stripesync.kit.errors import install_error_handlers
 from stripesync.kit.queue import create_redis
 from stripesync.ops import endpoints as ops_endpoints
 from stripesync.ops import health
+from stripesync.segments import automation as segment_automation
+from stripesync.segments import endpoints as segment_endpoints
 from stripesync.webhooks import endpoints as webhook_endpoints
 from stripesync.webhooks.service import Enqueuer, EventInbox
 
 ROUTERS = (
     webhook_endpoints.router,
     ops_endpoints.router,
+    segment_endpoints.router,
     health.router,
 )
 
@@ -31,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.require(*SERVE_REQUIRES)
+        segment_automation.configure(settings)
         assert settings.redis_url is not None
         engine = create_engine(settings, pool_size=20)
         redis = create_redis(settings.redis_url)

@@ -70,6 +70,29 @@ def cmd_migrate(_: argparse.Namespace) -> None:
     migrate(settings.sqlalchemy_database_url)
 
 
+def cmd_recompute(args: argparse.Namespace) -> None:
+    """Full segment recompute now (what the hourly cron does), for one account or all."""
+    import asyncio
+    import json
+
+    from stripesync.db import create_engine, create_session_factory
+    from stripesync.segments import automation
+    from stripesync.segments.tasks import recompute_accounts
+
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    automation.configure(settings)
+
+    async def run() -> dict[str, object]:
+        engine = create_engine(settings, pool_size=1)
+        try:
+            return await recompute_accounts(create_session_factory(engine), args.account)
+        finally:
+            await engine.dispose()
+
+    print(json.dumps(asyncio.run(run())))
+
+
 def _dev_secrets(data_dir: Path) -> dict[str, str]:
     """Generated once into the data dir, so tokens stay the same across `dev` restarts."""
     from cryptography.fernet import Fernet
@@ -205,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="alembic upgrade head, then exit")
     mig.set_defaults(func=cmd_migrate)
+
+    recompute = sub.add_parser("recompute", help="recompute segment memberships now")
+    recompute.add_argument("--account", help="only this account id (default: every account)")
+    recompute.set_defaults(func=cmd_recompute)
 
     dev = sub.add_parser("dev", help="embedded Postgres + Redis when unset, migrate, API + worker")
     dev.add_argument("--host", default="127.0.0.1")

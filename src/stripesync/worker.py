@@ -11,6 +11,14 @@ from arq.worker import Worker, func
 from stripesync.config import WORKER_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
 from stripesync.kit.queue import PROCESS_EVENT, create_redis
+from stripesync.segments import automation as segment_automation
+from stripesync.segments.tasks import (
+    DELIVER_AUTOMATION,
+    RECOMPUTE_SEGMENTS,
+    deliver_automation,
+    recompute_segments,
+    recompute_segments_cron,
+)
 from stripesync.webhooks.dispatch import load_handlers
 from stripesync.webhooks.tasks import process_event, sweep_events
 
@@ -20,6 +28,7 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
     settings.require(*WORKER_REQUIRES)
     assert settings.redis_url is not None
     load_handlers()
+    segment_automation.configure(settings)
 
     async def startup(ctx: dict[str, Any]) -> None:
         engine = create_engine(settings)
@@ -44,8 +53,16 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
                 max_tries=settings.event_max_attempts + 2,
                 keep_result=0,
             ),
+            func(recompute_segments, name=RECOMPUTE_SEGMENTS, keep_result=0, timeout=1800),
+            func(deliver_automation, name=DELIVER_AUTOMATION, keep_result=0),
         ],
-        "cron_jobs": [cron(sweep_events, second={0}, run_at_startup=True, keep_result=0)],
+        "cron_jobs": [
+            cron(sweep_events, second={0}, run_at_startup=True, keep_result=0),
+            # Hourly: time moves people between recent, lapsed and refunded.
+            cron(recompute_segments_cron, minute={7}, second={30}, keep_result=0, timeout=1800),
+            # The outbox sweeper: triggers stored by hooks are posted within seconds.
+            cron(deliver_automation, second=set(range(0, 60, 10)), keep_result=0, unique=True),
+        ],
         "redis_pool": create_redis(settings.redis_url),
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -12,6 +12,15 @@ from stripesync.models.activity import (
 from stripesync.models.base import Base
 from stripesync.models.contact import PERMITTED_CONSENT, ConsentState, Contact
 from stripesync.models.event import PENDING_STATES, EventState, StripeEvent
+from stripesync.models.segment import (
+    AutomationOutbox,
+    ContactActivitySnapshot,
+    ContactSegment,
+    OutboxState,
+    Segment,
+    SegmentKind,
+    SegmentSettings,
+)
 from stripesync.models.sync import (
     BatchKind,
     BatchState,
@@ -25,6 +34,7 @@ __all__ = [
     "PENDING_STATES",
     "PERMITTED_CONSENT",
     "Account",
+    "AutomationOutbox",
     "Base",
     "BatchKind",
     "BatchState",
@@ -34,10 +44,16 @@ __all__ = [
     "ConsentEvent",
     "ConsentState",
     "Contact",
+    "ContactActivitySnapshot",
+    "ContactSegment",
     "CustomFieldKey",
     "EventState",
+    "OutboxState",
     "Payment",
     "PlatformCustomField",
+    "Segment",
+    "SegmentKind",
+    "SegmentSettings",
     "StripeConnection",
     "StripeCustomer",
     "StripeEvent",

@@ -19,7 +19,10 @@ _HANDLERS: dict[str, Handler] = {}
 
 # Feature modules whose import registers event handlers or contact hooks
 # (stripesync.activity.hooks). Add a module here to wire it in; one line each.
-HANDLER_MODULES: tuple[str, ...] = ("stripesync.activity.handlers",)
+HANDLER_MODULES: tuple[str, ...] = (
+    "stripesync.activity.handlers",
+    "stripesync.segments.hooks",
+)
 
 
 def handles(*event_types: str) -> Callable[[Handler], Handler]:

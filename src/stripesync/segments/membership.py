@@ -1,0 +1,298 @@
+"""Segment membership, recomputed with set-based SQL: one statement computes every scoped
+contact's desired segments from the compiled rules, compares them with the stored
+memberships, and applies only the differences (bumping the version of each contact whose
+memberships changed, and storing `segment.entered` / `segment.exited` triggers).
+
+Who can be a member at all: only contacts whose consent_state is in PERMITTED_CONSENT.
+Segment `all` is exactly "every contact with permission"; every other segment is that set
+narrowed by its rule. A contact without permission belongs to no segment, so it is on no
+platform list.
+
+Two callers, two locking disciplines that cannot deadlock with each other:
+- contacts-changed (a few contacts, inside the event's transaction): locks those contacts
+  first (in id order), so the diff sees their latest state, then the segments whose
+  counts change (in id order).
+- full or per-segment recompute (many contacts): locks the scoped segments first (in id
+  order), then applies changes only to contacts it can lock without waiting and whose
+  version is still the one it read (`FOR UPDATE SKIP LOCKED`). A contact skipped that way
+  is being changed by a transaction that recomputes it itself (or, at worst, by the next
+  scheduled recompute). Counts are then recounted exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stripesync.models import PERMITTED_CONSENT
+from stripesync.segments.rules import Rule, SqlParams, compile_rule, parse_rule
+
+PERMITTED = [state.value for state in PERMITTED_CONSENT]
+LOCK_SEGMENTS = (
+    "SELECT id FROM segments WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE"
+)
+
+
+@dataclass(frozen=True)
+class ScopedSegment:
+    id: int
+    rule: Rule | None
+
+
+@dataclass(frozen=True)
+class RecomputeResult:
+    contacts_changed: int = 0
+    entered: int = 0
+    exited: int = 0
+
+
+def permitted_filter(alias: str = "c") -> str:
+    """SQL: the contact may be on lists at all (binds `permitted`)."""
+    return f"{alias}.consent_state = ANY(CAST(:permitted AS text[]))"
+
+
+async def live_segments(
+    session: AsyncSession, account_id: str, segment_ids: Collection[int] | None = None
+) -> list[ScopedSegment]:
+    sql = "SELECT id, rule FROM segments WHERE account_id = :a AND deleted_at IS NULL"
+    params: dict[str, Any] = {"a": account_id}
+    if segment_ids is not None:
+        sql += " AND id = ANY(CAST(:ids AS bigint[]))"
+        params["ids"] = list(segment_ids)
+    rows = (await session.execute(text(sql + " ORDER BY id"), params)).all()
+    return [
+        ScopedSegment(int(r.id), parse_rule(r.rule) if r.rule is not None else None) for r in rows
+    ]
+
+
+def _diff_statement(
+    segments: Sequence[ScopedSegment], params: SqlParams, *, by_contact: bool
+) -> str:
+    cases = ",\n".join(
+        f"CASE WHEN {compile_rule(s.rule, params)} THEN CAST({int(s.id)} AS bigint) END"
+        for s in segments
+    )
+    contact_filter = " AND c.id = ANY(CAST(:contact_ids AS bigint[]))" if by_contact else ""
+    member_filter = " AND cs.contact_id = ANY(CAST(:contact_ids AS bigint[]))" if by_contact else ""
+    empty = "CAST('{}' AS bigint[])"
+    # Only whitelisted column names, segment ids (ints) and bind parameter names are
+    # interpolated; every value is a bound parameter (rules.SqlParams).
+    return f"""
+WITH scoped AS (
+    SELECT c.id AS contact_id, c.version,
+           CASE WHEN {permitted_filter()}
+                THEN array_remove(ARRAY[{cases}], NULL)
+                ELSE {empty} END AS desired
+    FROM contacts c
+    WHERE c.account_id = CAST(:account_id AS text){contact_filter}
+),
+stored AS (
+    SELECT cs.contact_id, array_agg(cs.segment_id ORDER BY cs.segment_id) AS segs
+    FROM contact_segments cs
+    WHERE cs.segment_id = ANY(CAST(:segment_ids AS bigint[])){member_filter}
+    GROUP BY cs.contact_id
+),
+diff AS (
+    SELECT s.contact_id, s.version, s.desired, COALESCE(st.segs, {empty}) AS stored
+    FROM scoped s LEFT JOIN stored st ON st.contact_id = s.contact_id
+    WHERE s.desired IS DISTINCT FROM COALESCE(st.segs, {empty})
+),
+gate AS (
+    SELECT c.id FROM contacts c JOIN diff d ON d.contact_id = c.id
+    WHERE c.version = d.version
+    FOR UPDATE OF c SKIP LOCKED
+),
+bumped AS (
+    UPDATE contacts c SET version = c.version + 1, updated_at = CAST(:now AS timestamptz)
+    FROM gate g WHERE c.id = g.id
+    RETURNING c.id
+),
+entered AS (
+    SELECT d.contact_id, x.segment_id
+    FROM diff d JOIN bumped b ON b.id = d.contact_id
+    CROSS JOIN LATERAL unnest(d.desired) AS x(segment_id)
+    WHERE NOT (x.segment_id = ANY(d.stored))
+),
+exited AS (
+    SELECT d.contact_id, x.segment_id
+    FROM diff d JOIN bumped b ON b.id = d.contact_id
+    CROSS JOIN LATERAL unnest(d.stored) AS x(segment_id)
+    WHERE NOT (x.segment_id = ANY(d.desired))
+),
+inserted AS (
+    INSERT INTO contact_segments (contact_id, segment_id, entered_at)
+    SELECT contact_id, segment_id, CAST(:now AS timestamptz) FROM entered
+    ON CONFLICT DO NOTHING
+    RETURNING contact_id, segment_id
+),
+deleted AS (
+    DELETE FROM contact_segments cs USING exited e
+    WHERE cs.contact_id = e.contact_id AND cs.segment_id = e.segment_id
+    RETURNING cs.contact_id, cs.segment_id
+),
+changes AS (
+    SELECT contact_id, segment_id, 'segment.entered' AS event FROM inserted
+    UNION ALL
+    SELECT contact_id, segment_id, 'segment.exited' AS event FROM deleted
+),
+outbox AS (
+    INSERT INTO automation_outbox (account_id, message_id, event_type, payload, next_attempt_at)
+    SELECT CAST(:account_id AS text),
+           'msg_' || replace(CAST(gen_random_uuid() AS text), '-', ''),
+           ch.event,
+           jsonb_build_object(
+               'type', ch.event,
+               'timestamp', CAST(:now_iso AS text),
+               'data', jsonb_build_object(
+                   'account_id', CAST(:account_id AS text),
+                   'segment', jsonb_build_object(
+                       'id', CAST(s.id AS text), 'key', s.key, 'name', s.name),
+                   'contact', jsonb_build_object(
+                       'id', CAST(c.id AS text), 'email', c.email, 'name', c.name))),
+           CAST(:now AS timestamptz)
+    FROM changes ch
+    JOIN contacts c ON c.id = ch.contact_id
+    JOIN segments s ON s.id = ch.segment_id
+    WHERE CAST(:automation AS boolean)
+    RETURNING 1
+)
+SELECT segment_id,
+       count(*) FILTER (WHERE event = 'segment.entered') AS entered,
+       count(*) FILTER (WHERE event = 'segment.exited') AS exited
+FROM changes GROUP BY segment_id
+UNION ALL
+SELECT NULL, (SELECT count(*) FROM bumped), 0
+"""  # noqa: S608
+
+
+async def _apply_diff(
+    session: AsyncSession,
+    account_id: str,
+    segments: Sequence[ScopedSegment],
+    *,
+    now: datetime,
+    automation: bool,
+    contact_ids: Collection[int] | None,
+) -> tuple[dict[int, tuple[int, int]], int]:
+    """Run the diff statement: ({segment id: (entered, exited)}, contacts bumped)."""
+    params = SqlParams()
+    sql = _diff_statement(segments, params, by_contact=contact_ids is not None)
+    values: dict[str, Any] = {
+        **params.values,
+        "account_id": account_id,
+        "segment_ids": [s.id for s in segments],
+        "permitted": PERMITTED,
+        "now": now,
+        "now_iso": now.isoformat().replace("+00:00", "Z"),
+        "automation": automation,
+    }
+    if contact_ids is not None:
+        values["contact_ids"] = list(contact_ids)
+    changes: dict[int, tuple[int, int]] = {}
+    bumped = 0
+    for segment_id, entered, exited in (await session.execute(text(sql), values)).all():
+        if segment_id is None:
+            bumped = int(entered)
+        else:
+            changes[int(segment_id)] = (int(entered), int(exited))
+    return changes, bumped
+
+
+async def recompute_contacts(
+    session: AsyncSession,
+    account_id: str,
+    contact_ids: Collection[int],
+    *,
+    now: datetime,
+    automation: bool,
+) -> RecomputeResult:
+    """Recompute every segment for these contacts, in the caller's transaction."""
+    ids = sorted({int(i) for i in contact_ids})
+    segments = await live_segments(session, account_id)
+    if not ids or not segments:
+        return RecomputeResult()
+    await session.execute(
+        text(
+            "SELECT id FROM contacts WHERE account_id = :a AND id = ANY(CAST(:ids AS bigint[]))"
+            " ORDER BY id FOR UPDATE"
+        ),
+        {"a": account_id, "ids": ids},
+    )
+    changes, bumped = await _apply_diff(
+        session, account_id, segments, now=now, automation=automation, contact_ids=ids
+    )
+    deltas = {sid: entered - exited for sid, (entered, exited) in changes.items()}
+    changed = sorted(sid for sid, delta in deltas.items() if delta)
+    if changed:
+        await session.execute(
+            text(LOCK_SEGMENTS),
+            {"ids": changed},
+        )
+        await session.execute(
+            text(
+                "UPDATE segments s SET member_count = s.member_count + v.delta"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS v(id, delta)"
+                " WHERE s.id = v.id"
+            ),
+            {"ids": changed, "deltas": [deltas[sid] for sid in changed]},
+        )
+    return _counts(changes, bumped)
+
+
+async def recompute_segments(
+    session: AsyncSession,
+    account_id: str,
+    *,
+    now: datetime,
+    automation: bool,
+    segment_ids: Collection[int] | None = None,
+) -> RecomputeResult:
+    """Recompute these segments (default: all of the account's) for all its contacts,
+    then recount their members exactly. Run it in a transaction of its own."""
+    segments = await live_segments(session, account_id, segment_ids)
+    if not segments:
+        return RecomputeResult()
+    ids = [s.id for s in segments]
+    await session.execute(
+        text(LOCK_SEGMENTS),
+        {"ids": ids},
+    )
+    # The diff hashes a few rows per contact; give it room instead of spilling to disk.
+    await session.execute(text("SET LOCAL work_mem = '256MB'"))
+    changes, bumped = await _apply_diff(
+        session, account_id, segments, now=now, automation=automation, contact_ids=None
+    )
+    await recount(session, ids)
+    return _counts(changes, bumped)
+
+
+async def recount(session: AsyncSession, segment_ids: Sequence[int]) -> None:
+    """Set member_count to the exact number of stored memberships (also repairs counts after
+    contacts were deleted, which drops their memberships by cascade)."""
+    await session.execute(
+        text(
+            """
+UPDATE segments s SET member_count = COALESCE(n.count, 0)
+FROM (SELECT id FROM unnest(CAST(:ids AS bigint[])) AS id) ids
+LEFT JOIN (
+    SELECT segment_id, count(*) AS count FROM contact_segments
+    WHERE segment_id = ANY(CAST(:ids AS bigint[])) GROUP BY segment_id
+) n ON n.segment_id = ids.id
+WHERE s.id = ids.id AND s.member_count IS DISTINCT FROM COALESCE(n.count, 0)
+"""
+        ),
+        {"ids": list(segment_ids)},
+    )
+
+
+def _counts(changes: dict[int, tuple[int, int]], bumped: int) -> RecomputeResult:
+    return RecomputeResult(
+        contacts_changed=bumped,
+        entered=sum(entered for entered, _ in changes.values()),
+        exited=sum(exited for _, exited in changes.values()),
+    )

@@ -1,0 +1,71 @@
+"""Worker jobs: the scheduled full recompute (time moves people between segments) and the
+delivery of automation triggers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from stripesync.config import Settings
+from stripesync.db import SessionFactory, transaction
+from stripesync.models import Account
+from stripesync.segments import automation
+from stripesync.segments.service import recompute_account
+
+log = structlog.get_logger(__name__)
+
+RECOMPUTE_SEGMENTS = "recompute_segments"
+DELIVER_AUTOMATION = "deliver_automation"
+
+
+async def recompute_accounts(
+    factory: SessionFactory, account_id: str | None = None
+) -> dict[str, Any]:
+    """Recompute one account, or every account, each in a transaction of its own."""
+    if account_id is None:
+        async with factory() as session:
+            account_ids = list(
+                (await session.scalars(select(Account.id).order_by(Account.id))).all()
+            )
+    else:
+        account_ids = [account_id]
+    totals = {"accounts": 0, "contacts_changed": 0, "entered": 0, "exited": 0}
+    for one in account_ids:
+        async with transaction(factory) as session:
+            if await session.get(Account, one) is None:
+                continue
+            result = await recompute_account(session, one)
+        totals["accounts"] += 1
+        totals["contacts_changed"] += result.contacts_changed
+        totals["entered"] += result.entered
+        totals["exited"] += result.exited
+        if result.contacts_changed:
+            log.info(
+                "segments_recomputed",
+                account_id=one,
+                contacts_changed=result.contacts_changed,
+                entered=result.entered,
+                exited=result.exited,
+            )
+    return totals
+
+
+async def recompute_segments(ctx: dict[str, Any], account_id: str | None = None) -> dict[str, Any]:
+    """Job (and hourly cron, with no account): full set-based recompute, then deliver the
+    triggers it stored."""
+    totals = await recompute_accounts(ctx["session_factory"], account_id)
+    if totals["entered"] or totals["exited"]:
+        await deliver_automation(ctx)
+    return totals
+
+
+async def recompute_segments_cron(ctx: dict[str, Any]) -> dict[str, Any]:
+    return await recompute_segments(ctx)
+
+
+async def deliver_automation(ctx: dict[str, Any]) -> int:
+    """Job and cron (every few seconds): post due triggers; the sweeper of the outbox."""
+    settings: Settings = ctx["settings"]
+    return await automation.deliver_due(ctx["session_factory"], ctx["http"], settings)
