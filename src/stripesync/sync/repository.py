@@ -1,0 +1,126 @@
+"""All SQL of the sync engine."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from datetime import datetime
+
+from sqlalchemy import case, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stripesync.models import Contact, ContactSegment, PlatformCustomField, Segment, SyncBatch
+from stripesync.models.sync import BatchState, SyncState
+
+
+async def lagging_contacts(
+    session: AsyncSession, account_id: str, now: datetime, limit: int
+) -> Sequence[Contact]:
+    """Contacts whose pushed version lags their version and that are not deferred."""
+    stmt = (
+        select(Contact)
+        .where(
+            Contact.account_id == account_id,
+            Contact.synced_version < Contact.version,
+            (Contact.sync_deferred_until.is_(None)) | (Contact.sync_deferred_until <= now),
+        )
+        .order_by(Contact.id)
+        .limit(limit)
+    )
+    return (await session.scalars(stmt)).all()
+
+
+async def desired_lists(
+    session: AsyncSession, contact_ids: Collection[int]
+) -> dict[int, list[str]]:
+    """Each contact's platform lists: one per live segment it belongs to that has a list."""
+    stmt = (
+        select(ContactSegment.contact_id, Segment.platform_list_id)
+        .join(Segment, Segment.id == ContactSegment.segment_id)
+        .where(
+            ContactSegment.contact_id.in_(contact_ids),
+            Segment.platform_list_id.is_not(None),
+            Segment.deleted_at.is_(None),
+        )
+    )
+    lists: dict[int, list[str]] = defaultdict(list)
+    for contact_id, list_id in (await session.execute(stmt)).all():
+        if list_id:
+            lists[contact_id].append(list_id)
+    return {cid: sorted(ids) for cid, ids in lists.items()}
+
+
+async def custom_fields(session: AsyncSession, account_id: str) -> dict[str, PlatformCustomField]:
+    rows = await session.scalars(
+        select(PlatformCustomField).where(PlatformCustomField.account_id == account_id)
+    )
+    return {row.key: row for row in rows}
+
+
+async def mark_synced(
+    session: AsyncSession,
+    contact_id: int,
+    version: int,
+    lists: Sequence[str],
+    now: datetime,
+    platform_contact_id: str | None = None,
+) -> None:
+    """The platform has `version` of the contact; still `pending` if it changed since."""
+    values: dict[str, object] = {
+        "synced_version": version,
+        "synced_lists": list(lists),
+        "synced_at": now,
+        "sync_error": None,
+        "sync_deferred_until": None,
+        "sync_state": case(
+            (Contact.version > version, SyncState.PENDING.value), else_=SyncState.OK.value
+        ),
+    }
+    if platform_contact_id is not None:
+        values["platform_contact_id"] = platform_contact_id
+    await session.execute(
+        update(Contact)
+        .where(Contact.id == contact_id, Contact.synced_version < version)
+        .values(**values)
+    )
+
+
+async def mark_error(session: AsyncSession, contact_id: int, version: int, message: str) -> None:
+    """The platform refused this version for good: shown, and not retried until it changes."""
+    await session.execute(
+        update(Contact)
+        .where(Contact.id == contact_id, Contact.synced_version < version)
+        .values(
+            synced_version=version,
+            sync_state=SyncState.ERROR.value,
+            sync_error=message[:1000],
+        )
+    )
+
+
+async def mark_deferred(
+    session: AsyncSession, contact_ids: Collection[int], until: datetime
+) -> None:
+    if contact_ids:
+        await session.execute(
+            update(Contact)
+            .where(Contact.id.in_(contact_ids))
+            .values(sync_state=SyncState.DEFERRED.value, sync_deferred_until=until)
+        )
+
+
+async def set_platform_contact_id(
+    session: AsyncSession, contact_id: int, platform_contact_id: str
+) -> None:
+    await session.execute(
+        update(Contact)
+        .where(Contact.id == contact_id)
+        .values(platform_contact_id=platform_contact_id)
+    )
+
+
+async def started_batches(session: AsyncSession, account_id: str) -> Sequence[SyncBatch]:
+    stmt = select(SyncBatch).where(
+        SyncBatch.account_id == account_id, SyncBatch.state == BatchState.STARTED.value
+    )
+    return (await session.scalars(stmt.order_by(SyncBatch.id))).all()

@@ -1,0 +1,403 @@
+"""The sync engine: push each lagging contact's desired state to the platform, once.
+
+Per account, one run (an arq job with the account's job id, so never two at once):
+- contacts without permission (consent none, pending, declined, unsubscribed) are never
+  pushed: their version is marked seen and nothing leaves;
+- list removals first (`remove_list_memberships`, ≤ 500 platform ids a call), learning a
+  missing platform id with a lookup by email;
+- confirmed contacts not yet on the platform with explicit permission → `sign_up_form`
+  (explicit permission, returns the id);
+- everyone else permitted → `contacts_json_import` batches grouped by identical list sets
+  (implicit permission for new contacts; existing ones keep theirs, and the platform never
+  re-subscribes an unsubscribed contact through an import), polled to completion.
+A contact is marked synced at the version that was read, so a change made meanwhile leaves
+it lagging for the next run: ten quick changes cost one push, and none is lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from stripesync.clients.constant_contact import (
+    MAX_EMAIL_LENGTH,
+    Activity,
+    ConstantContactClient,
+    CustomFieldType,
+    PlatformError,
+    SignUpForm,
+)
+from stripesync.db import SessionFactory, transaction
+from stripesync.kit.clock import utcnow
+from stripesync.kit.ratelimit import QuotaExhausted
+from stripesync.models import PERMITTED_CONSENT, ConsentState, Contact, PlatformCustomField
+from stripesync.models.sync import BatchKind, BatchState, CustomFieldKey, SyncBatch
+from stripesync.sync import repository
+from stripesync.sync.batching import import_batches, membership_batches
+
+log = structlog.get_logger(__name__)
+
+CUSTOM_FIELDS: dict[CustomFieldKey, tuple[str, CustomFieldType]] = {
+    CustomFieldKey.LIFETIME_SPEND: ("Lifetime spend", "currency"),
+    CustomFieldKey.PURCHASE_COUNT: ("Purchase count", "number"),
+    CustomFieldKey.LAST_PURCHASE_DATE: ("Last purchase date", "date"),
+}
+
+
+@dataclass
+class SyncReport:
+    skipped: int = 0  # no permission: nothing pushed
+    signed_up: int = 0
+    imported: int = 0
+    removed: int = 0
+    errors: int = 0
+    deferred_until: datetime | None = None
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Work:
+    contact: Contact
+    version: int
+    desired: list[str]
+
+
+async def ensure_custom_fields(
+    session_factory: SessionFactory, client: ConstantContactClient, account_id: str
+) -> dict[str, PlatformCustomField]:
+    """Our three custom fields on the account's platform, created once and remembered."""
+    async with transaction(session_factory) as session:
+        known = await repository.custom_fields(session, account_id)
+    for key, (label, type_) in CUSTOM_FIELDS.items():
+        if key.value in known:
+            continue
+        created = await client.ensure_custom_field(label, type_)
+        async with transaction(session_factory) as session:
+            row = PlatformCustomField(
+                account_id=account_id,
+                key=key.value,
+                custom_field_id=created.custom_field_id,
+                name=created.name or label,
+                label=created.label,
+                type=created.type,
+            )
+            await session.merge(row)
+        known[key.value] = row
+    return known
+
+
+def field_values(contact: Contact) -> dict[CustomFieldKey, str]:
+    """The contact's custom field values as the platform takes them."""
+    values = {CustomFieldKey.PURCHASE_COUNT: str(contact.purchase_count)}
+    if len(contact.total_spent) == 1:
+        (minor,) = contact.total_spent.values()
+        values[CustomFieldKey.LIFETIME_SPEND] = f"{int(minor) / 100:.2f}"
+    if contact.last_purchase_at is not None:
+        values[CustomFieldKey.LAST_PURCHASE_DATE] = contact.last_purchase_at.date().isoformat()
+    return values
+
+
+def _names(contact: Contact) -> tuple[str | None, str | None]:
+    if not contact.name:
+        return None, None
+    first, _, last = contact.name.strip().partition(" ")
+    return first[:50] or None, last.strip()[:50] or None
+
+
+async def sync_account(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    account_id: str,
+    *,
+    limit: int = 200_000,
+    poll_interval: float = 2.0,
+) -> SyncReport:
+    """Push every lagging contact of the account; answer what happened.
+
+    Raises a retryable `PlatformError` when the platform stays unavailable (the job retries
+    with backoff); out of daily quota, the remaining contacts are marked `deferred` until the
+    next UTC day and the report says until when.
+    """
+    report = SyncReport()
+    try:
+        await _resume_batches(session_factory, client, account_id, report, poll_interval)
+        fields = await ensure_custom_fields(session_factory, client, account_id)
+        async with transaction(session_factory) as session:
+            contacts = list(await repository.lagging_contacts(session, account_id, utcnow(), limit))
+            desired = await repository.desired_lists(session, [c.id for c in contacts])
+        work: list[_Work] = []
+        async with transaction(session_factory) as session:
+            for contact in contacts:
+                if contact.consent_state not in PERMITTED_CONSENT:
+                    # Permission is sacred: nothing about this person leaves.
+                    await repository.mark_synced(
+                        session, contact.id, contact.version, contact.synced_lists, utcnow()
+                    )
+                    report.skipped += 1
+                else:
+                    work.append(_Work(contact, contact.version, desired.get(contact.id, [])))
+        pending = {w.contact.id for w in work}
+        try:
+            await _remove_lists(session_factory, client, work, report, poll_interval)
+            await _sign_up(session_factory, client, work, fields, report, pending)
+            await _import(
+                session_factory, client, account_id, work, fields, report, pending, poll_interval
+            )
+        except QuotaExhausted as exc:
+            async with transaction(session_factory) as session:
+                await repository.mark_deferred(session, pending, exc.retry_at)
+            report.deferred_until = exc.retry_at
+    except QuotaExhausted as exc:
+        report.deferred_until = exc.retry_at
+    log.info(
+        "sync_account_done",
+        account_id=account_id,
+        skipped=report.skipped,
+        signed_up=report.signed_up,
+        imported=report.imported,
+        removed=report.removed,
+        errors=report.errors,
+        deferred_until=report.deferred_until.isoformat() if report.deferred_until else None,
+    )
+    return report
+
+
+async def _remove_lists(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    work: Sequence[_Work],
+    report: SyncReport,
+    poll_interval: float,
+) -> None:
+    removals: list[tuple[str, list[str]]] = []
+    for item in work:
+        gone = sorted(set(item.contact.synced_lists) - set(item.desired))
+        if not gone:
+            continue
+        platform_id = item.contact.platform_contact_id
+        if platform_id is None:
+            found = await client.find_contact(item.contact.email)
+            if found is None:
+                continue  # never reached the platform: nothing to remove
+            platform_id = found.contact_id
+            async with transaction(session_factory) as session:
+                await repository.set_platform_contact_id(session, item.contact.id, platform_id)
+            item.contact.platform_contact_id = platform_id
+        removals.append((platform_id, gone))
+    for list_ids, contact_ids in membership_batches(removals):
+        activity = await client.remove_list_memberships(contact_ids, list_ids)
+        done = await client.wait_for_activity(activity.activity_id, interval=poll_interval)
+        if done.state != "completed":
+            raise PlatformError(
+                None,
+                f"activity_{done.state}",
+                "; ".join(done.activity_errors) or f"list removal {done.state}",
+                retryable=True,
+                endpoint="remove_list_memberships",
+            )
+        report.removed += len(contact_ids)
+
+
+async def _sign_up(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    work: Sequence[_Work],
+    fields: dict[str, PlatformCustomField],
+    report: SyncReport,
+    pending: set[int],
+) -> None:
+    for item in work:
+        contact = item.contact
+        # Only the first explicit push uses sign_up_form: it would re-subscribe someone who
+        # unsubscribed on the platform since. Later updates go through the import.
+        if contact.consent_state != ConsentState.CONFIRMED or contact.platform_contact_id:
+            continue
+        pending.discard(contact.id)
+        if not item.desired:
+            async with transaction(session_factory) as session:
+                await repository.mark_synced(session, contact.id, item.version, [], utcnow())
+            continue
+        if len(contact.email) > MAX_EMAIL_LENGTH:
+            async with transaction(session_factory) as session:
+                await repository.mark_error(
+                    session, contact.id, item.version, "email address longer than 50 characters"
+                )
+            report.errors += 1
+            continue
+        first, last = _names(contact)
+        form = SignUpForm(
+            email_address=contact.email,
+            list_memberships=item.desired,
+            first_name=first,
+            last_name=last,
+            custom_fields=[
+                {"custom_field_id": fields[key.value].custom_field_id, "value": value}
+                for key, value in field_values(contact).items()
+                if key.value in fields
+            ],
+        )
+        try:
+            result = await client.sign_up_form(form)
+        except PlatformError as exc:
+            if exc.retryable:
+                pending.add(contact.id)
+                raise
+            async with transaction(session_factory) as session:
+                await repository.mark_error(session, contact.id, item.version, exc.message)
+            report.errors += 1
+            continue
+        async with transaction(session_factory) as session:
+            await repository.mark_synced(
+                session, contact.id, item.version, item.desired, utcnow(), result.contact_id
+            )
+        report.signed_up += 1
+        item.contact.platform_contact_id = result.contact_id
+
+
+async def _import(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    account_id: str,
+    work: Sequence[_Work],
+    fields: dict[str, PlatformCustomField],
+    report: SyncReport,
+    pending: set[int],
+    poll_interval: float,
+) -> None:
+    items = []
+    for item in work:
+        if item.contact.id not in pending:
+            continue
+        if not item.desired:
+            async with transaction(session_factory) as session:
+                await repository.mark_synced(session, item.contact.id, item.version, [], utcnow())
+            pending.discard(item.contact.id)
+            continue
+        items.append((item.contact.id, item.desired, _import_row(item.contact, fields)))
+    versions = {item.contact.id: item.version for item in work}
+    for batch in import_batches(items):
+        async with transaction(session_factory) as session:
+            record = SyncBatch(
+                account_id=account_id,
+                kind=BatchKind.JSON_IMPORT.value,
+                list_ids=list(batch.list_ids),
+                contacts={str(cid): versions[cid] for cid in batch.keys},
+            )
+            session.add(record)
+        activity = await client.contacts_json_import(batch.rows, batch.list_ids)
+        async with transaction(session_factory) as session:
+            stored = await session.get(SyncBatch, record.id)
+            assert stored is not None
+            stored.activity_id = activity.activity_id
+        done = await client.wait_for_activity(activity.activity_id, interval=poll_interval)
+        await _settle_batch(
+            session_factory, record.id, done, report, list(zip(batch.keys, batch.rows, strict=True))
+        )
+        pending.difference_update(batch.keys)
+
+
+async def _resume_batches(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    account_id: str,
+    report: SyncReport,
+    poll_interval: float,
+) -> None:
+    """Finish what a run that died left started: poll its activity instead of re-importing."""
+    async with transaction(session_factory) as session:
+        batches = list(await repository.started_batches(session, account_id))
+    for batch in batches:
+        if batch.activity_id is None:
+            # Died before the platform answered: the contacts still lag and go again.
+            async with transaction(session_factory) as session:
+                stored = await session.get(SyncBatch, batch.id)
+                assert stored is not None
+                stored.state = BatchState.FAILED.value
+                stored.error = "run ended before the platform answered"
+                stored.finished_at = utcnow()
+            continue
+        done = await client.wait_for_activity(batch.activity_id, interval=poll_interval)
+        await _settle_batch(session_factory, batch.id, done, report, None)
+
+
+_ROW = re.compile(r"\brow\s+(\d+)", re.IGNORECASE)
+_EMAIL = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+\.[^\s@<>\"']+")
+
+
+async def _settle_batch(
+    session_factory: SessionFactory,
+    batch_id: int,
+    activity: Activity,
+    report: SyncReport,
+    rows: Sequence[tuple[int, Mapping[str, str]]] | None,
+) -> None:
+    """Record the activity's outcome on the batch and on each of its contacts.
+
+    `rows` are the (contact id, row) pairs in the order sent, when known, so that errors
+    naming a row or an email land on that contact; otherwise they stay on the batch.
+    """
+    now = utcnow()
+    async with transaction(session_factory) as session:
+        batch = await session.get(SyncBatch, batch_id, with_for_update=True)
+        assert batch is not None
+        if batch.state != BatchState.STARTED.value:
+            return
+        contact_versions = {int(cid): int(v) for cid, v in batch.contacts.items()}
+        ids = list(contact_versions)
+        batch.activity_errors = list(activity.activity_errors)
+        batch.finished_at = now
+        if activity.state != "completed":
+            batch.state = BatchState.FAILED.value
+            batch.error = "; ".join(activity.activity_errors) or f"activity {activity.state}"
+            for cid in ids:
+                await repository.mark_error(session, cid, contact_versions[cid], batch.error)
+            report.errors += len(ids)
+            return
+        batch.state = BatchState.COMPLETED.value
+        failed = _failed_contacts(activity.activity_errors, rows)
+        for cid in ids:
+            if cid in failed:
+                await repository.mark_error(session, cid, contact_versions[cid], failed[cid])
+                report.errors += 1
+            else:
+                await repository.mark_synced(
+                    session, cid, contact_versions[cid], list(batch.list_ids), now
+                )
+                report.imported += 1
+
+
+def _failed_contacts(
+    errors: Sequence[str], rows: Sequence[tuple[int, Mapping[str, str]]] | None
+) -> dict[int, str]:
+    """Attribute activity errors to contacts by row index or by email, when they say."""
+    rows = rows or []
+    by_email = {row.get("email", "").lower(): cid for cid, row in rows}
+    failed: dict[int, str] = {}
+    for message in errors:
+        row = _ROW.search(message)
+        if row and int(row.group(1)) < len(rows):
+            failed[rows[int(row.group(1))][0]] = message
+            continue
+        email = _EMAIL.search(message)
+        if email and email.group(0).lower() in by_email:
+            failed[by_email[email.group(0).lower()]] = message
+    return failed
+
+
+def _import_row(contact: Contact, fields: dict[str, PlatformCustomField]) -> dict[str, str]:
+    first, last = _names(contact)
+    row = {"email": contact.email}
+    if first:
+        row["first_name"] = first
+    if last:
+        row["last_name"] = last
+    if contact.country:
+        row["country"] = contact.country
+    for key, value in field_values(contact).items():
+        if key.value in fields:
+            row[f"cf:{fields[key.value].name}"] = value
+    return row
