@@ -9,7 +9,7 @@ import structlog
 from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy import select, tuple_
 
-from stripesync.db import DbSession
+from stripesync.db import DbSession, after_commit
 from stripesync.kit.auth import require_ops_token
 from stripesync.kit.errors import ApiError
 from stripesync.kit.pagination import decode_cursor, encode_cursor
@@ -78,9 +78,6 @@ async def replay_event(
     """Process a stored event again (handlers are idempotent, so a replay is safe)."""
     if not await repository.reset_for_replay(session, event_id):
         raise ApiError(404, "event_not_found", f"No stored event {event_id}.")
-    await session.commit()
-    try:
-        await enqueue_event(request.app.state.redis, event_id)
-    except Exception as exc:  # the sweeper enqueues it once Redis answers
-        log.warning("replay_enqueue_failed", event_id=event_id, error=type(exc).__name__)
+    # If Redis is down the sweeper enqueues it once Redis answers.
+    after_commit(session, lambda: enqueue_event(request.app.state.redis, event_id))
     return ReplayAccepted(event_id=event_id, state="received")
