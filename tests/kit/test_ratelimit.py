@@ -114,3 +114,24 @@ def test_budget_below_one_per_second_widens_the_window() -> None:
     assert Budget.from_rate(0.5) == Budget(1, 2.0)
     with pytest.raises(ValueError):
         Budget.from_rate(0)
+
+
+async def test_a_slot_in_flight_counts_until_its_answer_comes_back(redis: Redis) -> None:
+    limiter = RateLimiter(redis, _name(), per_second=1, margin_seconds=0.0)
+    started = time.monotonic()
+    async with limiter.slot(hold_seconds=30):
+        await asyncio.sleep(0.5)  # a slow request: the server may have seen it only now
+    released = time.monotonic()
+    await limiter.acquire()
+    # Not 1 s after the grant, but 1 s after the answer.
+    assert time.monotonic() - released >= 0.95
+    assert time.monotonic() - started >= 1.45
+
+
+async def test_a_slot_abandoned_by_a_dead_process_frees_after_its_hold(redis: Redis) -> None:
+    name = _name()
+    limiter = RateLimiter(redis, name, per_second=1, margin_seconds=0.0)
+    await limiter._take(hold_seconds=0.3, max_wait=None)  # never released
+    started = time.monotonic()
+    await limiter.acquire(max_wait=5)
+    assert 1.0 <= time.monotonic() - started < 2.0

@@ -13,6 +13,7 @@ import contextlib
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -472,18 +473,17 @@ class ConstantContactClient:
         attempt = 0
         while True:
             attempt += 1
-            if self.limiter is not None:
-                await self.limiter.acquire()
             headers["Authorization"] = f"Bearer {await self.token(refreshed)}"
             try:
-                response = await self.http.request(
-                    method,
-                    self.base_url + path,
-                    params=params,
-                    content=content,
-                    headers=headers,
-                    timeout=self.timeout,
-                )
+                async with self._slot():
+                    response = await self.http.request(
+                        method,
+                        self.base_url + path,
+                        params=params,
+                        content=content,
+                        headers=headers,
+                        timeout=self.timeout,
+                    )
             except httpx.TransportError as exc:  # timeouts, refused connections, resets
                 metrics.PLATFORM_CALLS.labels(endpoint, "network_error").inc()
                 error = PlatformError(
@@ -509,6 +509,13 @@ class ConstantContactClient:
             if not error.retryable or attempt >= self.max_attempts:
                 raise error
             await asyncio.sleep(self._backoff(attempt, response.headers.get("Retry-After")))
+
+    def _slot(self) -> AbstractAsyncContextManager[object]:
+        """The shared budget's slot for one request, held until its answer is in."""
+        if self.limiter is None:
+            return contextlib.nullcontext()
+        hold = self.timeout.read or 60.0
+        return self.limiter.slot(hold_seconds=hold + (self.timeout.connect or 0) + 5.0)
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """Exponential backoff with full jitter; a Retry-After in seconds is a floor."""

@@ -18,6 +18,8 @@ import math
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,8 +27,11 @@ from redis.asyncio import Redis
 
 from stripesync.kit import metrics
 
+_IN_FLIGHT_POLL_SECONDS = 0.05
+
 # KEYS[1]: the window log (sorted set), KEYS[2]: prefix of the per-day counters.
-# ARGV: requests per window, window in microseconds, daily quota (0 = none), a unique member.
+# ARGV: requests per window, window in microseconds, daily quota (0 = none), a unique member,
+# hold in microseconds (a slot held by a request in flight counts as "now" until released).
 # Returns {0, 0} when granted, {1, wait_us} when the window is full, {2, next_day_epoch}
 # when the day's quota is used up.
 _ACQUIRE = """
@@ -45,8 +50,9 @@ if quota > 0 then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  local hold = tonumber(ARGV[5])
+  redis.call('ZADD', KEYS[1], now + hold, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], math.ceil((window + hold) / 1000) + 1000)
   if quota > 0 then
     redis.call('INCR', day_key)
     redis.call('EXPIRE', day_key, 2 * 86400)
@@ -55,6 +61,13 @@ if redis.call('ZCARD', KEYS[1]) < limit then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {1, tonumber(oldest[2]) + window - now}
+"""
+
+# A request finished: its slot counts from now (when it surely reached the server) on.
+_RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+return redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
 """
 
 # Marks today's quota as used up (the server told us so before our own count did).
@@ -125,30 +138,60 @@ class RateLimiter:
         self._day_key = f"{key_prefix}:{name}:day"
         self._acquire = redis.register_script(_ACQUIRE)
         self._exhaust = redis.register_script(_EXHAUST)
+        self._release = redis.register_script(_RELEASE)
 
     async def acquire(self, *, max_wait: float | None = None) -> float:
         """Take one request slot, sleeping while the window is full; answer the seconds waited.
 
-        Raises `QuotaExhausted` (with the next UTC midnight) when the day's quota is used up,
-        and `RateLimitTimeout` when `max_wait` seconds pass without a slot.
+        The slot counts from the moment it is granted. Raises `QuotaExhausted` (with the next
+        UTC midnight) when the day's quota is used up, and `RateLimitTimeout` when `max_wait`
+        seconds pass without a slot.
         """
+        waited, _ = await self._take(hold_seconds=0.0, max_wait=max_wait)
+        return waited
+
+    @asynccontextmanager
+    async def slot(
+        self, *, hold_seconds: float = 60.0, max_wait: float | None = None
+    ) -> AsyncIterator[float]:
+        """Hold a slot for the duration of one request; yields the seconds waited.
+
+        While the request is in flight its slot counts as "now"; on leaving, it counts from
+        the moment the answer came back. A server counts a request when it arrives, which is
+        somewhere between our grant and its answer, so measuring the window from the answer
+        keeps the server's every 1 s window within the rate whatever the latency (a fresh
+        connection, a TLS handshake, a busy machine). A process that dies mid-request frees
+        its slot after `hold_seconds` (set it to the request timeout).
+        """
+        waited, member = await self._take(hold_seconds=hold_seconds, max_wait=max_wait)
+        try:
+            yield waited
+        finally:
+            await self._release(keys=[self._window_key], args=[member])
+
+    async def _take(self, *, hold_seconds: float, max_wait: float | None) -> tuple[float, str]:
         started = time.monotonic()
         member = uuid.uuid4().hex
         window_us = int(self.budget.window_seconds * 1_000_000)
+        hold_us = int(hold_seconds * 1_000_000)
         while True:
             status, value = await self._acquire(
                 keys=[self._window_key, self._day_key],
-                args=[self.budget.per_window, window_us, self.per_day or 0, member],
+                args=[self.budget.per_window, window_us, self.per_day or 0, member, hold_us],
             )
             status, value = int(status), int(value)
             if status == 0:
                 waited = time.monotonic() - started
                 metrics.RATE_LIMIT_WAIT.labels(self.api).observe(waited)
-                return waited
+                return waited, member
             if status == 2:
                 raise QuotaExhausted(self.name, datetime.fromtimestamp(value, UTC))
+            delay = value / 1_000_000
+            if delay > self.budget.window_seconds:
+                # The oldest slot is still in flight: look again shortly.
+                delay = _IN_FLIGHT_POLL_SECONDS
             # A little jitter, so waiters that woke together do not all race for one slot.
-            delay = value / 1_000_000 + random.uniform(0, 0.01)
+            delay += random.uniform(0, 0.01)
             if max_wait is not None and time.monotonic() - started + delay > max_wait:
                 raise RateLimitTimeout(f"no slot in {self.name} within {max_wait} s")
             await asyncio.sleep(max(delay, 0.001))
