@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from stripesync import __version__
+from stripesync.accounts import endpoints as account_endpoints
 from stripesync.config import SERVE_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
 from stripesync.kit.errors import install_error_handlers
@@ -18,9 +19,12 @@ from stripesync.ops import health
 from stripesync.segments import automation as segment_automation
 from stripesync.segments import endpoints as segment_endpoints
 from stripesync.webhooks import endpoints as webhook_endpoints
+from stripesync.webhooks.dispatch import load_handlers
 from stripesync.webhooks.service import Enqueuer, EventInbox
 
 ROUTERS = (
+    account_endpoints.router,
+    account_endpoints.callback_router,
     webhook_endpoints.router,
     ops_endpoints.router,
     segment_endpoints.router,
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    load_handlers()  # feature modules register hooks the API also runs (accounts.oauth)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

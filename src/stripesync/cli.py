@@ -70,6 +70,28 @@ def cmd_migrate(_: argparse.Namespace) -> None:
     migrate(settings.sqlalchemy_database_url)
 
 
+def cmd_rotate_keys(_: argparse.Namespace) -> None:
+    """Re-encrypt every stored secret under the first STRIPESYNC_ENCRYPTION_KEYS key."""
+    import asyncio
+
+    from stripesync.db import create_engine, create_session_factory
+    from stripesync.kit.crypto import rotate_encrypted_columns
+
+    settings = Settings()
+    settings.require("database_url", "encryption_keys")
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def run() -> int:
+        engine = create_engine(settings, pool_size=1)
+        try:
+            return await rotate_encrypted_columns(create_session_factory(engine), settings)
+        finally:
+            await engine.dispose()
+
+    count = asyncio.run(run())
+    print(f"re-encrypted {count} stored secrets under the first key")
+
+
 def cmd_recompute(args: argparse.Namespace) -> None:
     """Full segment recompute now (what the hourly cron does), for one account or all."""
     import asyncio
@@ -228,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="alembic upgrade head, then exit")
     mig.set_defaults(func=cmd_migrate)
+
+    rotate = sub.add_parser(
+        "rotate-keys", help="re-encrypt every stored secret under the first encryption key"
+    )
+    rotate.set_defaults(func=cmd_rotate_keys)
 
     recompute = sub.add_parser("recompute", help="recompute segment memberships now")
     recompute.add_argument("--account", help="only this account id (default: every account)")

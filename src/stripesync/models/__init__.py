@@ -1,6 +1,13 @@
 """All tables, imported here so alembic and the tests see the whole schema."""
 
-from stripesync.models.account import Account, ConnectionMode, ConnectionStatus, StripeConnection
+from stripesync.models.account import (
+    ENCRYPTED,
+    Account,
+    ConnectionMode,
+    ConnectionStatus,
+    OAuthState,
+    StripeConnection,
+)
 from stripesync.models.activity import (
     CheckoutSession,
     ConsentEvent,
@@ -31,6 +38,7 @@ from stripesync.models.sync import (
 )
 
 __all__ = [
+    "ENCRYPTED",
     "PENDING_STATES",
     "PERMITTED_CONSENT",
     "Account",
@@ -48,6 +56,7 @@ __all__ = [
     "ContactSegment",
     "CustomFieldKey",
     "EventState",
+    "OAuthState",
     "OutboxState",
     "Payment",
     "PlatformCustomField",

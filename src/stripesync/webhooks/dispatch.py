@@ -20,6 +20,7 @@ _HANDLERS: dict[str, Handler] = {}
 # Feature modules whose import registers event handlers or contact hooks
 # (stripesync.activity.hooks). Add a module here to wire it in; one line each.
 HANDLER_MODULES: tuple[str, ...] = (
+    "stripesync.accounts.handlers",
     "stripesync.activity.handlers",
     "stripesync.segments.hooks",
 )

@@ -1,0 +1,127 @@
+"""All SQL of accounts and the Stripe connection. Every query is scoped by an account id."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import Table, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stripesync.models import (
+    Base,
+    ConnectionStatus,
+    ConsentState,
+    Contact,
+    OAuthState,
+    StripeConnection,
+    StripeEvent,
+)
+
+# Tables `?purge=true` keeps: the account and its connection history, the consent ledger
+# and suppressions (legal evidence: who said yes or no, who must never be contacted), and
+# jobs (operators' history). Everything else with an `account_id` is the merchant's stored
+# customer and payment data and goes.
+PURGE_KEEPS = frozenset(
+    {"accounts", "stripe_connections", "oauth_states", "consent_events", "suppressions", "jobs"}
+)
+
+
+async def active_connection(
+    session: AsyncSession, account_id: str, *, lock: bool = False
+) -> StripeConnection | None:
+    stmt = select(StripeConnection).where(
+        StripeConnection.account_id == account_id,
+        StripeConnection.status == ConnectionStatus.CONNECTED,
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def latest_connection(session: AsyncSession, account_id: str) -> StripeConnection | None:
+    stmt = (
+        select(StripeConnection)
+        .where(StripeConnection.account_id == account_id)
+        .order_by(StripeConnection.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def connection_holding_stripe_account(
+    session: AsyncSession, stripe_account_id: str
+) -> StripeConnection | None:
+    """The active connection of this Stripe account, whichever platform account has it."""
+    stmt = select(StripeConnection).where(
+        StripeConnection.stripe_account_id == stripe_account_id,
+        StripeConnection.status == ConnectionStatus.CONNECTED,
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def stripe_account_ids(session: AsyncSession, account_id: str) -> list[str]:
+    """Every Stripe account this platform account was ever connected to."""
+    stmt = (
+        select(StripeConnection.stripe_account_id)
+        .where(StripeConnection.account_id == account_id)
+        .distinct()
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def latest_state(session: AsyncSession, account_id: str) -> OAuthState | None:
+    stmt = (
+        select(OAuthState)
+        .where(OAuthState.account_id == account_id)
+        .order_by(OAuthState.created_at.desc(), OAuthState.id)
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def lock_state(session: AsyncSession, state_id: str) -> OAuthState | None:
+    stmt = select(OAuthState).where(OAuthState.id == state_id).with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def consent_counts(session: AsyncSession, account_id: str) -> dict[str, int]:
+    stmt = (
+        select(Contact.consent_state, func.count())
+        .where(Contact.account_id == account_id)
+        .group_by(Contact.consent_state)
+    )
+    rows = (await session.execute(stmt)).all()
+    return {str(state): int(count) for state, count in rows}
+
+
+def purgeable_tables() -> list[Table]:
+    """Tables holding an account's stored customer data, dependents first (FK order)."""
+    return [
+        table
+        for table in reversed(Base.metadata.sorted_tables)
+        if "account_id" in table.columns and table.name not in PURGE_KEEPS
+    ]
+
+
+async def purge_account_data(
+    session: AsyncSession, account_id: str, stripe_accounts: Collection[str]
+) -> dict[str, int]:
+    """Delete the account's stored customer and payment data and its stored Stripe events.
+
+    Generic on purpose: any table with an `account_id` column not in PURGE_KEEPS is
+    purged, so tables added by later features are covered without editing this.
+    Returns deleted row counts by table.
+    """
+    deleted: dict[str, int] = {}
+    for table in purgeable_tables():
+        result = await session.execute(delete(table).where(table.c.account_id == account_id))
+        deleted[table.name] = int(getattr(result, "rowcount", 0) or 0)
+    if stripe_accounts:
+        result = await session.execute(
+            delete(StripeEvent).where(StripeEvent.account.in_(list(stripe_accounts)))
+        )
+        deleted[StripeEvent.__tablename__] = int(getattr(result, "rowcount", 0) or 0)
+    return deleted
+
+
+OPTIN_SENT_STATES = (ConsentState.PENDING, ConsentState.CONFIRMED, ConsentState.DECLINED)
