@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     automation_event_max_age_hours: int = 48  # older activity (an import) triggers nothing
     automation_retry_base_seconds: float = 10.0
     automation_max_attempts: int = 12
+    # Segments and automation triggers.
+    automation_event_max_age_hours: int = 48  # older activity (an import) triggers nothing
+    automation_retry_base_seconds: float = 10.0
+    automation_max_attempts: int = 12
 
     @field_validator(
         "encryption_keys", "stripe_webhook_secrets", "allowed_return_url_prefixes", mode="before"

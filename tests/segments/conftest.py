@@ -40,9 +40,7 @@ async def account(session_factory: SessionFactory) -> str:
 _counter = 0
 
 
-async def add_contact(
-    factory: SessionFactory, account_id: str = ACCOUNT, **fields: Any
-) -> int:
+async def add_contact(factory: SessionFactory, account_id: str = ACCOUNT, **fields: Any) -> int:
     """Insert one contact with permission (unless told otherwise) and the given activity."""
     global _counter
     _counter += 1
@@ -122,5 +120,3 @@ def automation_settings(database_url: str, redis_url: str) -> Iterator[Settings]
 def _automation_off(database_url: str, redis_url: str) -> Iterator[None]:
     automation.configure(make_settings(database_url, redis_url))
     yield
-
-

@@ -68,19 +68,30 @@ async def test_each_contact_lands_in_the_builtins_its_activity_says(
     f = session_factory
     prospect = await add_contact(f)
     first = await add_contact(
-        f, purchase_count=1, first_purchase_at=NOW - 3 * DAY, last_purchase_at=NOW - 3 * DAY,
+        f,
+        purchase_count=1,
+        first_purchase_at=NOW - 3 * DAY,
+        last_purchase_at=NOW - 3 * DAY,
         total_spent={"usd": 1500},
     )
     repeat_lapsed = await add_contact(
         f, purchase_count=4, last_purchase_at=NOW - 200 * DAY, total_spent={"usd": 90000}
     )
     failed = await add_contact(
-        f, purchase_count=1, last_purchase_at=NOW - 60 * DAY, last_failed_at=NOW - DAY,
-        has_failed_since_last_purchase=True, total_spent={"usd": 100},
+        f,
+        purchase_count=1,
+        last_purchase_at=NOW - 60 * DAY,
+        last_failed_at=NOW - DAY,
+        has_failed_since_last_purchase=True,
+        total_spent={"usd": 100},
     )
     refunded = await add_contact(
-        f, purchase_count=2, last_purchase_at=NOW - 10 * DAY, refund_count=1,
-        last_refund_at=NOW - 5 * DAY, total_spent={"usd": 2000},
+        f,
+        purchase_count=2,
+        last_purchase_at=NOW - 10 * DAY,
+        refund_count=1,
+        last_refund_at=NOW - 5 * DAY,
+        total_spent={"usd": 2000},
     )
     no_permission = [
         await add_contact(f, consent_state=state, purchase_count=3, last_purchase_at=NOW)
@@ -133,7 +144,9 @@ async def test_time_boundaries_are_inclusive_at_exactly_30_120_and_90_days(
 
 
 async def test_high_value_counts_each_currency_in_its_own_minor_units(
-    session_factory: SessionFactory, app_client: httpx.AsyncClient, account: str,
+    session_factory: SessionFactory,
+    app_client: httpx.AsyncClient,
+    account: str,
     frozen: time_machine.Coordinates,
 ) -> None:
     f = session_factory
@@ -162,7 +175,10 @@ async def test_a_contact_with_refunds_only_is_a_refunded_prospect(
 ) -> None:
     # Its only charge was fully refunded: not a purchase, but a refund 2 days ago.
     refunds_only = await add_contact(
-        session_factory, purchase_count=0, total_spent={}, refund_count=1,
+        session_factory,
+        purchase_count=0,
+        total_spent={},
+        refund_count=1,
         last_refund_at=NOW - 2 * DAY,
     )
     await recompute(session_factory, account)
@@ -172,7 +188,9 @@ async def test_a_contact_with_refunds_only_is_a_refunded_prospect(
 
 
 async def test_changing_thresholds_recomputes_the_builtins_they_affect(
-    session_factory: SessionFactory, app_client: httpx.AsyncClient, account: str,
+    session_factory: SessionFactory,
+    app_client: httpx.AsyncClient,
+    account: str,
     frozen: time_machine.Coordinates,
 ) -> None:
     f = session_factory
@@ -194,7 +212,9 @@ async def test_changing_thresholds_recomputes_the_builtins_they_affect(
     found = await memberships(f)
     assert buyer in found["recent"] and buyer in found["lapsed"]
     assert (await counts(f))["recent"] == 1
-    segments = (await app_client.get(f"/v1/accounts/{account}/segments", headers=platform_headers)).json()
+    segments = (
+        await app_client.get(f"/v1/accounts/{account}/segments", headers=platform_headers)
+    ).json()
     recent = next(s for s in segments["segments"] if s["key"] == "recent")
     assert recent["rule"]["value"] == 60 and recent["member_count"] == 1
     assert (await app_client.get(url, headers=platform_headers)).json()["recent_days"] == 60

@@ -78,12 +78,16 @@ def new_message_id() -> str:
 
 def signing_key(secret: str) -> bytes:
     """A Standard Webhooks secret is `whsec_` + base64 of the key (the prefix is optional)."""
+    raw = secret.removeprefix("whsec_")
     try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except ValueError:
         raise ValueError(
             "STRIPESYNC_AUTOMATION_WEBHOOK_SECRET must be whsec_ followed by base64"
         ) from None
+    if not key:
+        raise ValueError("STRIPESYNC_AUTOMATION_WEBHOOK_SECRET is empty")
+    return key
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:

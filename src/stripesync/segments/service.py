@@ -70,23 +70,37 @@ async def ensure_builtin_segments(session: AsyncSession, account_id: str) -> lis
     """Create the account's missing built-in segments and compute their members, in the
     caller's transaction; idempotent (the ids created, usually none). Call it on connect;
     every segment read and recompute calls it too."""
+    created, _ = await _ensure_builtins(session, account_id)
+    return created
+
+
+async def _ensure_builtins(
+    session: AsyncSession, account_id: str
+) -> tuple[list[int], RecomputeResult]:
     if set(BUILTIN_KEYS) <= await repository.builtin_keys(session, account_id):
-        return []
+        return [], RecomputeResult()
     values = await repository.thresholds(session, account_id)
     created = await repository.insert_builtins(session, account_id, values)
-    if created:
-        await membership.recompute_segments(
-            session, account_id, now=utcnow(), automation=False, segment_ids=created
-        )
-    return created
+    if not created:
+        return [], RecomputeResult()
+    # A first fill is not people entering segments: no automation triggers for it.
+    result = await membership.recompute_segments(
+        session, account_id, now=utcnow(), automation=False, segment_ids=created
+    )
+    return created, result
 
 
 async def recompute_account(session: AsyncSession, account_id: str) -> RecomputeResult:
     """The scheduled full recompute of one account: every segment, every contact. Run it in
     a transaction of its own; changes nothing (and bumps nothing) when nothing moved."""
-    await ensure_builtin_segments(session, account_id)
-    return await membership.recompute_segments(
+    _, filled = await _ensure_builtins(session, account_id)
+    result = await membership.recompute_segments(
         session, account_id, now=utcnow(), automation=automation.enabled()
+    )
+    return RecomputeResult(
+        contacts_changed=filled.contacts_changed + result.contacts_changed,
+        entered=filled.entered + result.entered,
+        exited=filled.exited + result.exited,
     )
 
 
