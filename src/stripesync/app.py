@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from stripesync import __version__
 from stripesync.accounts import endpoints as account_endpoints
+from stripesync.activity import endpoints as activity_endpoints
 from stripesync.config import SERVE_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
 from stripesync.kit.errors import install_error_handlers
@@ -23,6 +24,7 @@ from stripesync.webhooks.dispatch import load_handlers
 from stripesync.webhooks.service import Enqueuer, EventInbox
 
 ROUTERS = (
+    activity_endpoints.router,
     account_endpoints.router,
     account_endpoints.callback_router,
     webhook_endpoints.router,

@@ -109,7 +109,7 @@ async def test_consent_change_bumps_the_contact_version(
     assert before is not None
     await apply(session_factory, apply_checkout_session, ctx, fixture("checkout_session"))
     after = await contact(session_factory, GUEST)
-    assert after is not None and after.version == before.version + 1
+    assert after is not None and after.version > before.version
 
 
 async def test_recreated_contact_inherits_the_persons_last_word_from_the_ledger(
