@@ -19,6 +19,7 @@ from stripesync.ops import endpoints as ops_endpoints
 from stripesync.ops import health
 from stripesync.segments import automation as segment_automation
 from stripesync.segments import endpoints as segment_endpoints
+from stripesync.sync.queue import use_queue as use_sync_queue
 from stripesync.webhooks import endpoints as webhook_endpoints
 from stripesync.webhooks.dispatch import load_handlers
 from stripesync.webhooks.service import Enqueuer, EventInbox
@@ -54,9 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.inbox = inbox
             app.state.enqueuer = enqueuer
             app.state.http = http
+            use_sync_queue(redis)
             try:
                 yield
             finally:
+                use_sync_queue(None)
                 await inbox.stop()
                 await enqueuer.drain()
                 await redis.aclose()

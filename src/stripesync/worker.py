@@ -19,6 +19,9 @@ from stripesync.segments.tasks import (
     recompute_segments,
     recompute_segments_cron,
 )
+from stripesync.sync.queue import SYNC_ACCOUNT
+from stripesync.sync.queue import use_queue as use_sync_queue
+from stripesync.sync.tasks import sweep_sync, sync_account_job
 from stripesync.webhooks.dispatch import load_handlers
 from stripesync.webhooks.tasks import process_event, sweep_events
 
@@ -36,8 +39,10 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         ctx["engine"] = engine
         ctx["session_factory"] = create_session_factory(engine)
         ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        use_sync_queue(ctx["redis"])  # the sync hook enqueues account syncs after commits
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        use_sync_queue(None)
         if "http" in ctx:
             await ctx["http"].aclose()
         if "engine" in ctx:
@@ -55,6 +60,8 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             ),
             func(recompute_segments, name=RECOMPUTE_SEGMENTS, keep_result=0, timeout=1800),
             func(deliver_automation, name=DELIVER_AUTOMATION, keep_result=0),
+            # One per account at a time (job id sync:<account>); imports poll for a while.
+            func(sync_account_job, name=SYNC_ACCOUNT, keep_result=0, timeout=3600, max_tries=8),
         ],
         "cron_jobs": [
             cron(sweep_events, second={0}, run_at_startup=True, keep_result=0),
@@ -62,6 +69,8 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             cron(recompute_segments_cron, minute={7}, second={30}, keep_result=0, timeout=1800),
             # The outbox sweeper: triggers stored by hooks are posted within seconds.
             cron(deliver_automation, second=set(range(0, 60, 10)), keep_result=0, unique=True),
+            # Accounts whose contacts lag their synced version (lost enqueue, crash, quota).
+            cron(sweep_sync, second={20}, run_at_startup=True, keep_result=0),
         ],
         "redis_pool": create_redis(settings.redis_url),
         "on_startup": startup,

@@ -40,6 +40,7 @@ MAX_MEMBERSHIP_CONTACTS = 500
 MAX_LISTS = 50
 MAX_ACCOUNT_LISTS = 1000
 MAX_CUSTOM_FIELDS = 100
+TOKEN_PATH = "/oauth2/token"
 
 
 @dataclass
@@ -135,6 +136,11 @@ class FakeConstantContact:
         self.injections: list[Injection] = []
         self.fail_next_activities = 0
         self.resubscribe_attempts: list[tuple[str, str]] = []  # (email, endpoint)
+        # OAuth token endpoint (`url + TOKEN_PATH`): single-use, rotating refresh tokens.
+        self.refresh_tokens: set[str] = set()
+        self.token_requests: list[dict[str, str]] = []
+        self.token_delay = 0.0
+        self._issued = 0
         self._accepted: deque[float] = deque()
         self._day: date | None = None
         self._day_count = 0
@@ -202,6 +208,11 @@ class FakeConstantContact:
         with self.lock:
             return self._contact(email, permission=permission, source="seed")
 
+    def issue_refresh_token(self, refresh_token: str) -> None:
+        """Make `refresh_token` valid once at the token endpoint."""
+        with self.lock:
+            self.refresh_tokens.add(refresh_token)
+
     def api_requests(self, path_contains: str = "") -> list[RecordedRequest]:
         with self.lock:
             return [r for r in self.requests if path_contains in r.path]
@@ -227,6 +238,11 @@ class FakeConstantContact:
         parts = urlsplit(raw_path)
         path = parts.path
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if (method, path) == ("POST", TOKEN_PATH):
+            # Outside the lock while "slow", so concurrent refreshes would overlap visibly.
+            time.sleep(self.token_delay)
+            with self.lock:
+                return self._token(headers, body)
         with self.lock:
             if path.startswith("/_fake/"):
                 return self._control(method, path, body)
@@ -314,6 +330,8 @@ class FakeConstantContact:
             return self._create_list(data)
         if route == ("GET", "/v3/contact_lists"):
             return self._find_lists(query)
+        if method == "DELETE" and path.startswith("/v3/contact_lists/"):
+            return self._delete_list(path.rsplit("/", 1)[1], now)
         if route == ("POST", "/v3/contact_custom_fields"):
             return self._create_custom_field(data)
         if route == ("GET", "/v3/contact_custom_fields"):
@@ -440,6 +458,36 @@ class FakeConstantContact:
         lists = [lst for lst in self.lists.values() if name is None or lst["name"] == name]
         return 200, {"lists": lists, "lists_count": len(lists)}, {}
 
+    def _delete_list(self, list_id: str, now: float) -> tuple[int, Any, dict[str, str]]:
+        if self.lists.pop(list_id, None) is None:
+            return 404, [_err("not_found", "No such list")], {}
+        for contact in self.contacts.values():
+            contact.list_ids.discard(list_id)
+        activity = self._new_activity("list_delete", now, {"list_ids": [list_id]})
+        return 202, self._activity_body(activity), {}
+
+    def _token(self, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict[str, str]]:
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        self.token_requests.append(form)
+        if not headers.get("authorization", "").startswith("Basic "):
+            return 401, {"error": "invalid_client"}, {}
+        refresh = form.get("refresh_token", "")
+        if form.get("grant_type") != "refresh_token" or refresh not in self.refresh_tokens:
+            return 400, {"error": "invalid_grant"}, {}
+        self.refresh_tokens.discard(refresh)  # single use: it rotates
+        self._issued += 1
+        access, new_refresh = f"fake-access-{self._issued}", f"fake-refresh-{self._issued}"
+        self.refresh_tokens.add(new_refresh)
+        if self.tokens is not None:
+            self.tokens.add(access)
+        body_out = {
+            "access_token": access,
+            "refresh_token": new_refresh,
+            "token_type": "Bearer",
+            "expires_in": 86400,
+        }
+        return 200, body_out, {}
+
     def _create_custom_field(self, data: Any) -> tuple[int, Any, dict[str, str]]:
         label = (data or {}).get("label")
         type_ = (data or {}).get("type")
@@ -512,6 +560,8 @@ class FakeConstantContact:
 
     def _apply(self, activity: FakeActivity) -> None:
         lists = set(activity.payload["list_ids"])
+        if activity.kind == "list_delete":
+            return
         if activity.kind == "contacts_json_import":
             by_name = {f["name"]: fid for fid, f in self.custom_fields.items()}
             for index, row in enumerate(activity.payload["rows"]):
@@ -612,6 +662,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = _serve
     do_POST = _serve
+    do_DELETE = _serve
 
 
 def _err(key: str, message: str) -> dict[str, str]:

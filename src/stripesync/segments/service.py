@@ -38,6 +38,7 @@ from stripesync.segments.schemas import (
     SegmentOut,
     SegmentSummary,
 )
+from stripesync.sync.queue import request_sync
 
 MAX_CUSTOM_SEGMENTS = 50
 PREVIEW_SAMPLE = 10
@@ -148,6 +149,7 @@ async def create_custom(
     await membership.recompute_segments(
         session, account_id, now=utcnow(), automation=False, segment_ids=[segment.id]
     )
+    request_sync(session, account_id)  # the sync run creates its platform list
     return await _refreshed(session, segment)
 
 
@@ -194,6 +196,7 @@ async def delete_custom(session: AsyncSession, account_id: str, segment_id: int)
     else:
         segment.deleted_at = now
         segment.member_count = 0
+        request_sync(session, account_id)  # the sync run deletes its platform list
     await session.flush()
 
 

@@ -9,7 +9,15 @@ from datetime import datetime
 from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stripesync.models import Contact, ContactSegment, PlatformCustomField, Segment, SyncBatch
+from stripesync.models import (
+    PERMITTED_CONSENT,
+    Account,
+    Contact,
+    ContactSegment,
+    PlatformCustomField,
+    Segment,
+    SyncBatch,
+)
 from stripesync.models.sync import BatchState, SyncState
 
 
@@ -124,3 +132,51 @@ async def started_batches(session: AsyncSession, account_id: str) -> Sequence[Sy
         SyncBatch.account_id == account_id, SyncBatch.state == BatchState.STARTED.value
     )
     return (await session.scalars(stmt.order_by(SyncBatch.id))).all()
+
+
+async def permitted(session: AsyncSession, contact_ids: Collection[int]) -> set[int]:
+    """Which of these contacts have permission right now (read just before a push)."""
+    if not contact_ids:
+        return set()
+    rows = await session.scalars(
+        select(Contact.id).where(
+            Contact.id.in_(list(contact_ids)),
+            Contact.consent_state.in_([str(s) for s in PERMITTED_CONSENT]),
+        )
+    )
+    return set(rows)
+
+
+async def defer_lagging(session: AsyncSession, account_id: str, until: datetime) -> int:
+    """Every lagging contact of the account waits until `until` (out of daily quota)."""
+    result = await session.execute(
+        update(Contact)
+        .where(Contact.account_id == account_id, Contact.synced_version < Contact.version)
+        .values(sync_state=SyncState.DEFERRED.value, sync_deferred_until=until)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def accounts_to_sync(session: AsyncSession, now: datetime) -> list[str]:
+    """Accounts with contacts whose pushed version lags and whose deferral (if any) passed.
+
+    Accounts without Constant Contact credentials, or whose refresh was refused, wait
+    for new credentials instead."""
+    lagging = (
+        select(Contact.account_id)
+        .where(
+            Contact.synced_version < Contact.version,
+            (Contact.sync_deferred_until.is_(None)) | (Contact.sync_deferred_until <= now),
+        )
+        .distinct()
+    )
+    stmt = (
+        select(Account.id)
+        .where(
+            Account.id.in_(lagging),
+            Account.cc_access_token_encrypted.is_not(None),
+            Account.cc_token_error.is_(None),
+        )
+        .order_by(Account.id)
+    )
+    return list((await session.scalars(stmt)).all())

@@ -27,7 +27,6 @@ from stripesync.clients.constant_contact import (
     MAX_EMAIL_LENGTH,
     Activity,
     ConstantContactClient,
-    CustomFieldType,
     PlatformError,
     SignUpForm,
 )
@@ -38,14 +37,14 @@ from stripesync.models import PERMITTED_CONSENT, ConsentState, Contact, Platform
 from stripesync.models.sync import BatchKind, BatchState, CustomFieldKey, SyncBatch
 from stripesync.sync import repository
 from stripesync.sync.batching import import_batches, membership_batches
+from stripesync.sync.lists import (
+    ensure_custom_fields,
+    ensure_platform_lists,
+    remove_deleted_segment_lists,
+)
+from stripesync.sync.metrics import SYNC_CONTACTS
 
 log = structlog.get_logger(__name__)
-
-CUSTOM_FIELDS: dict[CustomFieldKey, tuple[str, CustomFieldType]] = {
-    CustomFieldKey.LIFETIME_SPEND: ("Lifetime spend", "currency"),
-    CustomFieldKey.PURCHASE_COUNT: ("Purchase count", "number"),
-    CustomFieldKey.LAST_PURCHASE_DATE: ("Last purchase date", "date"),
-}
 
 
 @dataclass
@@ -55,6 +54,7 @@ class SyncReport:
     imported: int = 0
     removed: int = 0
     errors: int = 0
+    deferred: int = 0
     deferred_until: datetime | None = None
     calls: dict[str, int] = field(default_factory=dict)
 
@@ -64,30 +64,6 @@ class _Work:
     contact: Contact
     version: int
     desired: list[str]
-
-
-async def ensure_custom_fields(
-    session_factory: SessionFactory, client: ConstantContactClient, account_id: str
-) -> dict[str, PlatformCustomField]:
-    """Our three custom fields on the account's platform, created once and remembered."""
-    async with transaction(session_factory) as session:
-        known = await repository.custom_fields(session, account_id)
-    for key, (label, type_) in CUSTOM_FIELDS.items():
-        if key.value in known:
-            continue
-        created = await client.ensure_custom_field(label, type_)
-        async with transaction(session_factory) as session:
-            row = PlatformCustomField(
-                account_id=account_id,
-                key=key.value,
-                custom_field_id=created.custom_field_id,
-                name=created.name or label,
-                label=created.label,
-                type=created.type,
-            )
-            await session.merge(row)
-        known[key.value] = row
-    return known
 
 
 def field_values(contact: Contact) -> dict[CustomFieldKey, str]:
@@ -125,34 +101,55 @@ async def sync_account(
     report = SyncReport()
     try:
         await _resume_batches(session_factory, client, account_id, report, poll_interval)
+        await remove_deleted_segment_lists(session_factory, client, account_id)
+        await ensure_platform_lists(session_factory, client, account_id)
         fields = await ensure_custom_fields(session_factory, client, account_id)
         async with transaction(session_factory) as session:
             contacts = list(await repository.lagging_contacts(session, account_id, utcnow(), limit))
             desired = await repository.desired_lists(session, [c.id for c in contacts])
         work: list[_Work] = []
+        revoked: list[_Work] = []
         async with transaction(session_factory) as session:
             for contact in contacts:
-                if contact.consent_state not in PERMITTED_CONSENT:
-                    # Permission is sacred: nothing about this person leaves.
-                    await repository.mark_synced(
-                        session, contact.id, contact.version, contact.synced_lists, utcnow()
-                    )
-                    report.skipped += 1
-                else:
+                if contact.consent_state in PERMITTED_CONSENT:
                     work.append(_Work(contact, contact.version, desired.get(contact.id, [])))
+                elif contact.synced_lists:
+                    # Permission withdrawn after a push: take them off our lists (a removal
+                    # sends nothing about the person and subscribes no one).
+                    revoked.append(_Work(contact, contact.version, []))
+                else:
+                    # Permission is sacred: nothing about this person leaves.
+                    await repository.mark_synced(session, contact.id, contact.version, [], utcnow())
+                    report.skipped += 1
         pending = {w.contact.id for w in work}
+        pending_revoked = {w.contact.id for w in revoked}
         try:
-            await _remove_lists(session_factory, client, work, report, poll_interval)
+            await _remove_lists(session_factory, client, [*revoked, *work], report, poll_interval)
+            async with transaction(session_factory) as session:
+                for item in revoked:
+                    await repository.mark_synced(
+                        session, item.contact.id, item.version, [], utcnow()
+                    )
+            report.skipped += len(revoked)
+            pending_revoked.clear()
             await _sign_up(session_factory, client, work, fields, report, pending)
             await _import(
                 session_factory, client, account_id, work, fields, report, pending, poll_interval
             )
         except QuotaExhausted as exc:
             async with transaction(session_factory) as session:
-                await repository.mark_deferred(session, pending, exc.retry_at)
+                await repository.mark_deferred(session, pending | pending_revoked, exc.retry_at)
             report.deferred_until = exc.retry_at
+            report.deferred = len(pending | pending_revoked)
     except QuotaExhausted as exc:
+        # Out of quota before any contact was read: everyone lagging waits for tomorrow.
+        async with transaction(session_factory) as session:
+            report.deferred = await repository.defer_lagging(session, account_id, exc.retry_at)
         report.deferred_until = exc.retry_at
+    SYNC_CONTACTS.labels("synced").inc(report.signed_up + report.imported)
+    SYNC_CONTACTS.labels("skipped").inc(report.skipped)
+    SYNC_CONTACTS.labels("error").inc(report.errors)
+    SYNC_CONTACTS.labels("deferred").inc(report.deferred)
     log.info(
         "sync_account_done",
         account_id=account_id,
@@ -212,9 +209,14 @@ async def _sign_up(
 ) -> None:
     for item in work:
         contact = item.contact
-        # Only the first explicit push uses sign_up_form: it would re-subscribe someone who
-        # unsubscribed on the platform since. Later updates go through the import.
-        if contact.consent_state != ConsentState.CONFIRMED or contact.platform_contact_id:
+        # Only the first push of someone the platform never had uses sign_up_form: on a
+        # contact that exists it would re-subscribe someone who unsubscribed on the platform
+        # since. Every later update goes through the import, which never does.
+        if (
+            contact.consent_state != ConsentState.CONFIRMED
+            or contact.platform_contact_id
+            or contact.synced_lists
+        ):
             continue
         pending.discard(contact.id)
         if not item.desired:
@@ -240,6 +242,10 @@ async def _sign_up(
                 if key.value in fields
             ],
         )
+        async with transaction(session_factory) as session:
+            still_permitted = await repository.permitted(session, [contact.id])
+        if contact.id not in still_permitted:
+            continue  # consent changed since the run read it: the next run sees why
         try:
             result = await client.sign_up_form(form)
         except PlatformError as exc:
@@ -281,6 +287,20 @@ async def _import(
     versions = {item.contact.id: item.version for item in work}
     for batch in import_batches(items):
         async with transaction(session_factory) as session:
+            # Consent may have changed since the run read it: drop whoever lost it (the
+            # batch only shrinks, so it stays within the platform's limits).
+            still_permitted = await repository.permitted(session, batch.keys)
+            if len(still_permitted) < len(batch.keys):
+                kept = [
+                    (k, r)
+                    for k, r in zip(batch.keys, batch.rows, strict=True)
+                    if k in still_permitted
+                ]
+                pending.difference_update(set(batch.keys) - still_permitted)
+                batch.keys = [k for k, _ in kept]
+                batch.rows = [r for _, r in kept]
+            if not batch.keys:
+                continue
             record = SyncBatch(
                 account_id=account_id,
                 kind=BatchKind.JSON_IMPORT.value,
