@@ -17,6 +17,9 @@ from stripesync.kit.errors import install_error_handlers
 from stripesync.kit.queue import create_redis
 from stripesync.ops import endpoints as ops_endpoints
 from stripesync.ops import health
+from stripesync.optin import endpoints as optin_endpoints
+from stripesync.optin import pages as optin_pages
+from stripesync.optin.tasks import use_queue as use_optin_queue
 from stripesync.segments import automation as segment_automation
 from stripesync.segments import endpoints as segment_endpoints
 from stripesync.sync.queue import use_queue as use_sync_queue
@@ -31,6 +34,8 @@ ROUTERS = (
     webhook_endpoints.router,
     ops_endpoints.router,
     segment_endpoints.router,
+    optin_endpoints.router,
+    optin_pages.router,
     health.router,
 )
 
@@ -55,10 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.inbox = inbox
             app.state.enqueuer = enqueuer
             app.state.http = http
+            use_optin_queue(redis)
             use_sync_queue(redis)
             try:
                 yield
             finally:
+                use_optin_queue(None)
                 use_sync_queue(None)
                 await inbox.stop()
                 await enqueuer.drain()

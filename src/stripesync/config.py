@@ -77,10 +77,12 @@ class Settings(BaseSettings):
     automation_event_max_age_hours: int = 48  # older activity (an import) triggers nothing
     automation_retry_base_seconds: float = 10.0
     automation_max_attempts: int = 12
-    # Segments and automation triggers.
-    automation_event_max_age_hours: int = 48  # older activity (an import) triggers nothing
-    automation_retry_base_seconds: float = 10.0
-    automation_max_attempts: int = 12
+    # Opt-in email: outgoing mail budget (shared by all workers), retries, link lifetime.
+    mail_per_second: float = 5.0
+    mail_max_attempts: int = 8
+    mail_retry_base_seconds: float = 30.0
+    mail_timeout_seconds: float = 30.0
+    optin_token_days: int = 30
 
     @field_validator(
         "encryption_keys", "stripe_webhook_secrets", "allowed_return_url_prefixes", mode="before"

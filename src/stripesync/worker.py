@@ -11,6 +11,12 @@ from arq.worker import Worker, func
 from stripesync.config import WORKER_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
 from stripesync.kit.queue import PROCESS_EVENT, create_redis
+from stripesync.optin.tasks import (
+    SEND_OPTIN_EMAIL,
+    send_optin_email,
+    sweep_optin_emails,
+    use_queue,
+)
 from stripesync.segments import automation as segment_automation
 from stripesync.segments.tasks import (
     DELIVER_AUTOMATION,
@@ -39,9 +45,11 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         ctx["engine"] = engine
         ctx["session_factory"] = create_session_factory(engine)
         ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        use_queue(ctx["redis"])  # the opt-in hook enqueues sends after its commits
         use_sync_queue(ctx["redis"])  # the sync hook enqueues account syncs after commits
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        use_queue(None)
         use_sync_queue(None)
         if "http" in ctx:
             await ctx["http"].aclose()
@@ -60,6 +68,12 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             ),
             func(recompute_segments, name=RECOMPUTE_SEGMENTS, keep_result=0, timeout=1800),
             func(deliver_automation, name=DELIVER_AUTOMATION, keep_result=0),
+            func(
+                send_optin_email,
+                name=SEND_OPTIN_EMAIL,
+                max_tries=settings.mail_max_attempts + 2,
+                keep_result=0,
+            ),
             # One per account at a time (job id sync:<account>); imports poll for a while.
             func(sync_account_job, name=SYNC_ACCOUNT, keep_result=0, timeout=3600, max_tries=8),
         ],
@@ -69,6 +83,8 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             cron(recompute_segments_cron, minute={7}, second={30}, keep_result=0, timeout=1800),
             # The outbox sweeper: triggers stored by hooks are posted within seconds.
             cron(deliver_automation, second=set(range(0, 60, 10)), keep_result=0, unique=True),
+            # Opt-in emails still unsent (a lost enqueue, a retry that is due) go out.
+            cron(sweep_optin_emails, second={5, 35}, run_at_startup=True, keep_result=0),
             # Accounts whose contacts lag their synced version (lost enqueue, crash, quota).
             cron(sweep_sync, second={20}, run_at_startup=True, keep_result=0),
         ],

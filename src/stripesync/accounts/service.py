@@ -28,7 +28,8 @@ from stripesync.config import Settings
 from stripesync.kit import crypto
 from stripesync.kit.clock import utcnow
 from stripesync.kit.tenancy import get_account
-from stripesync.models import Account, ConnectionStatus, ConsentState, StripeConnection
+from stripesync.models import Account, ConnectionStatus, StripeConnection
+from stripesync.optin.service import optin_counts
 
 log = structlog.get_logger(__name__)
 
@@ -152,14 +153,8 @@ async def import_block(session: AsyncSession, account_id: str) -> ImportBlock | 
 
 
 async def optin_block(session: AsyncSession, account_id: str) -> OptinCounts:
-    """Counts by contacts.consent_state; `sent` = everyone an opt-in email went to."""
-    counts = await repository.consent_counts(session, account_id)
-    pending = counts.get(ConsentState.PENDING, 0)
-    confirmed = counts.get(ConsentState.CONFIRMED, 0)
-    declined = counts.get(ConsentState.DECLINED, 0)
-    return OptinCounts(
-        sent=pending + confirmed + declined, confirmed=confirmed, declined=declined, pending=pending
-    )
+    """The opt-in emails actually sent and their answers (optin.service.optin_counts)."""
+    return OptinCounts(**await optin_counts(session, account_id))
 
 
 async def segments_block(session: AsyncSession, account_id: str) -> list[SegmentSummary]:

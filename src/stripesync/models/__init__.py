@@ -19,6 +19,13 @@ from stripesync.models.activity import (
 from stripesync.models.base import Base
 from stripesync.models.contact import PERMITTED_CONSENT, ConsentState, Contact
 from stripesync.models.event import PENDING_STATES, EventState, StripeEvent
+from stripesync.models.optin import (
+    OptinEmail,
+    OptinEmailSettings,
+    OptinEmailState,
+    OptinEmailVersion,
+    OptinResponse,
+)
 from stripesync.models.segment import (
     AutomationOutbox,
     ContactActivitySnapshot,
@@ -57,6 +64,11 @@ __all__ = [
     "CustomFieldKey",
     "EventState",
     "OAuthState",
+    "OptinEmail",
+    "OptinEmailSettings",
+    "OptinEmailState",
+    "OptinEmailVersion",
+    "OptinResponse",
     "OutboxState",
     "Payment",
     "PlatformCustomField",

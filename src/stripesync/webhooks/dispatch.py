@@ -23,6 +23,7 @@ HANDLER_MODULES: tuple[str, ...] = (
     "stripesync.accounts.handlers",
     "stripesync.activity.handlers",
     "stripesync.segments.hooks",
+    "stripesync.optin.hooks",
     "stripesync.sync.hooks",
 )
 
