@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 PYTHON ?= python3
 
-.PHONY: dev test test-e2e lint fmt openapi venv bench-ingest clean
+.PHONY: dev test test-e2e lint fmt openapi venv bench-ingest bench-segments clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ openapi: venv
 
 bench-ingest: venv
 	$(PY) bench/ingest.py
+
+# 1M contacts, 5M payments in a database of its own (dropped after): bench/results/segments.json
+bench-segments: venv
+	$(PY) bench/segments.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

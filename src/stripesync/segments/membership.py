@@ -103,26 +103,25 @@ diff AS (
     WHERE s.desired IS DISTINCT FROM COALESCE(st.segs, {empty})
 ),
 gate AS (
-    SELECT c.id FROM contacts c JOIN diff d ON d.contact_id = c.id
+    SELECT c.id, d.desired, d.stored
+    FROM contacts c JOIN diff d ON d.contact_id = c.id
     WHERE c.version = d.version
     FOR UPDATE OF c SKIP LOCKED
 ),
 bumped AS (
     UPDATE contacts c SET version = c.version + 1, updated_at = CAST(:now AS timestamptz)
     FROM gate g WHERE c.id = g.id
-    RETURNING c.id
+    RETURNING c.id AS contact_id, g.desired, g.stored
 ),
 entered AS (
-    SELECT d.contact_id, x.segment_id
-    FROM diff d JOIN bumped b ON b.id = d.contact_id
-    CROSS JOIN LATERAL unnest(d.desired) AS x(segment_id)
-    WHERE NOT (x.segment_id = ANY(d.stored))
+    SELECT b.contact_id, x.segment_id
+    FROM bumped b CROSS JOIN LATERAL unnest(b.desired) AS x(segment_id)
+    WHERE NOT (x.segment_id = ANY(b.stored))
 ),
 exited AS (
-    SELECT d.contact_id, x.segment_id
-    FROM diff d JOIN bumped b ON b.id = d.contact_id
-    CROSS JOIN LATERAL unnest(d.stored) AS x(segment_id)
-    WHERE NOT (x.segment_id = ANY(d.desired))
+    SELECT b.contact_id, x.segment_id
+    FROM bumped b CROSS JOIN LATERAL unnest(b.stored) AS x(segment_id)
+    WHERE NOT (x.segment_id = ANY(b.desired))
 ),
 inserted AS (
     INSERT INTO contact_segments (contact_id, segment_id, entered_at)
