@@ -151,6 +151,18 @@ async def apply(
         await fn(session, ctx, obj)
 
 
+async def current_ctx(factory: SessionFactory, account_id: str = ACCOUNT) -> ActivityContext:
+    """The context of the account's active connection, as the worker builds it."""
+    async with factory() as session:
+        connection = await session.scalar(
+            select(StripeConnection).where(
+                StripeConnection.account_id == account_id, StripeConnection.status == "connected"
+            )
+        )
+        assert connection is not None
+        return ActivityContext.for_connection(connection, utcnow())
+
+
 async def optin_rows(factory: SessionFactory, account_id: str = ACCOUNT) -> list[OptinEmail]:
     async with factory() as session:
         rows = await session.scalars(

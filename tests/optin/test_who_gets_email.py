@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import time_machine
-from sqlalchemy import select, update
+from sqlalchemy import update
 from tests.conftest import run_worker_burst
 from tests.optin.conftest import (
     ACCOUNT,
@@ -19,6 +19,7 @@ from tests.optin.conftest import (
     checkout,
     connect,
     contact_of,
+    current_ctx,
     customer,
     ledger,
     optin_rows,
@@ -86,13 +87,13 @@ async def test_concurrent_duplicate_triggers_for_one_person_send_one_email(
     await connect(session_factory)
     await apply(
         session_factory,
-        await connect_ctx(session_factory),
+        await current_ctx(session_factory),
         "customer",
         customer("cus_a", "pat@example.com"),
     )
     await apply(
         session_factory,
-        await connect_ctx(session_factory),
+        await current_ctx(session_factory),
         "customer",
         customer("cus_b", "PAT@example.com "),
     )
@@ -116,18 +117,6 @@ async def test_concurrent_duplicate_triggers_for_one_person_send_one_email(
     assert len(await optin_rows(session_factory)) == 1
     pending = [e for e in await ledger(session_factory) if e.state == "pending"]
     assert len(pending) == 1
-
-
-async def connect_ctx(session_factory: SessionFactory) -> Any:
-    from stripesync.activity.context import ActivityContext
-    from stripesync.kit.clock import utcnow
-
-    async with session_factory() as session:
-        connection = await session.scalar(
-            select(StripeConnection).where(StripeConnection.account_id == ACCOUNT)
-        )
-        assert connection is not None
-        return ActivityContext.for_connection(connection, utcnow())
 
 
 async def test_duplicate_webhook_events_for_two_customer_ids_send_one_email(
@@ -291,7 +280,7 @@ async def test_reconnect_resync_and_purge_never_email_a_person_twice(
             account_id=ACCOUNT, stripe_account_id=STRIPE_ACCOUNT, livemode=False, mode="optin"
         )
         session.add(connection)
-    ctx2 = await connect_ctx(session_factory)
+    ctx2 = await current_ctx(session_factory)
     await apply(session_factory, ctx2, "customer", customer("cus_1", "kim@example.com"))
     await apply(session_factory, ctx2, "customer", customer("cus_2", "kim@example.com"))
 
