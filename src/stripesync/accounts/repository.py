@@ -4,25 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.models import (
     Base,
     ConnectionStatus,
-    ConsentState,
-    Contact,
     OAuthState,
     StripeConnection,
     StripeEvent,
 )
 
-# Tables `?purge=true` keeps: the account and its connection history, the consent ledger
-# and suppressions (legal evidence: who said yes or no, who must never be contacted), and
-# jobs (operators' history). Everything else with an `account_id` is the merchant's stored
-# customer and payment data and goes.
+# Tables `?purge=true` keeps, whatever else has an `account_id`:
+# - the account and its connection history (tokens are wiped on revoke anyway);
+# - legal evidence: the consent ledger, suppressions, the opt-in emails sent (hashed; the
+#   one-email-ever rule must survive a reconnect) and the email versions consent names;
+# - the merchant's configuration: segments and their settings, opt-in email settings,
+#   the platform's custom fields (contacts already on the platform stay there);
+# - jobs (operators' history).
+# Everything else with an `account_id` is stored customer and payment data and goes. A
+# new table can also opt out with `__table_args__ = (..., {"info": {"keep_on_purge": True}})`.
 PURGE_KEEPS = frozenset(
-    {"accounts", "stripe_connections", "oauth_states", "consent_events", "suppressions", "jobs"}
+    {
+        "accounts",
+        "stripe_connections",
+        "oauth_states",
+        "consent_events",
+        "suppressions",
+        "optin_emails",
+        "optin_email_versions",
+        "optin_email_settings",
+        "segments",
+        "segment_settings",
+        "platform_custom_fields",
+        "jobs",
+    }
 )
 
 
@@ -84,22 +100,14 @@ async def lock_state(session: AsyncSession, state_id: str) -> OAuthState | None:
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def consent_counts(session: AsyncSession, account_id: str) -> dict[str, int]:
-    stmt = (
-        select(Contact.consent_state, func.count())
-        .where(Contact.account_id == account_id)
-        .group_by(Contact.consent_state)
-    )
-    rows = (await session.execute(stmt)).all()
-    return {str(state): int(count) for state, count in rows}
-
-
 def purgeable_tables() -> list[Table]:
     """Tables holding an account's stored customer data, dependents first (FK order)."""
     return [
         table
         for table in reversed(Base.metadata.sorted_tables)
-        if "account_id" in table.columns and table.name not in PURGE_KEEPS
+        if "account_id" in table.columns
+        and table.name not in PURGE_KEEPS
+        and not table.info.get("keep_on_purge")
     ]
 
 
@@ -122,6 +130,3 @@ async def purge_account_data(
         )
         deleted[StripeEvent.__tablename__] = int(getattr(result, "rowcount", 0) or 0)
     return deleted
-
-
-OPTIN_SENT_STATES = (ConsentState.PENDING, ConsentState.CONFIRMED, ConsentState.DECLINED)
