@@ -13,6 +13,7 @@ from stripesync.accounts import endpoints as account_endpoints
 from stripesync.activity import endpoints as activity_endpoints
 from stripesync.config import SERVE_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
+from stripesync.imports import endpoints as import_endpoints
 from stripesync.kit.errors import install_error_handlers
 from stripesync.kit.queue import create_redis
 from stripesync.ops import endpoints as ops_endpoints
@@ -33,6 +34,8 @@ ROUTERS = (
     account_endpoints.callback_router,
     webhook_endpoints.router,
     ops_endpoints.router,
+    import_endpoints.router,
+    import_endpoints.resync_router,
     segment_endpoints.router,
     optin_endpoints.router,
     optin_pages.router,

@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     mail_retry_base_seconds: float = 30.0
     mail_timeout_seconds: float = 30.0
     optin_token_days: int = 30
+    # Historical import: the per-connection Stripe budget (Stripe allows 100/s live and
+    # 25/s in test mode per account; the merchant's own integrations share it), parallel
+    # page requests, initial `created` windows per list, the job lease and retries.
+    stripe_import_live_requests_per_second: float = 80.0
+    stripe_import_test_requests_per_second: float = 20.0
+    import_concurrency: int = 16
+    import_windows_per_list: int = 8
+    import_lease_seconds: float = 60.0
+    import_request_attempts: int = 8
+    import_backoff_base_seconds: float = 0.5
+    import_max_attempts: int = 5
 
     @field_validator(
         "encryption_keys", "stripe_webhook_secrets", "allowed_return_url_prefixes", mode="before"

@@ -8,8 +8,10 @@ import httpx
 from arq.cron import cron
 from arq.worker import Worker, func
 
+from stripesync.accounts.oauth import IMPORT_HISTORY
 from stripesync.config import WORKER_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
+from stripesync.imports.tasks import import_history, sweep_imports
 from stripesync.kit.queue import PROCESS_EVENT, create_redis
 from stripesync.optin.tasks import (
     SEND_OPTIN_EMAIL,
@@ -68,6 +70,10 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             ),
             func(recompute_segments, name=RECOMPUTE_SEGMENTS, keep_result=0, timeout=1800),
             func(deliver_automation, name=DELIVER_AUTOMATION, keep_result=0),
+            # An import longer than this is cancelled, gives its lease back and is resumed
+            # from its checkpoints by the sweeper (so a crashed worker's import waits for
+            # its lease, never for arq's in-progress key of a very long job).
+            func(import_history, name=IMPORT_HISTORY, keep_result=0, timeout=1800, max_tries=1),
             func(
                 send_optin_email,
                 name=SEND_OPTIN_EMAIL,
@@ -79,6 +85,9 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         ],
         "cron_jobs": [
             cron(sweep_events, second={0}, run_at_startup=True, keep_result=0),
+            # Imports: lost enqueues, expired leases (a killed worker), revoked connections,
+            # completion emails still due.
+            cron(sweep_imports, second={20}, run_at_startup=True, keep_result=0, unique=True),
             # Hourly: time moves people between recent, lapsed and refunded.
             cron(recompute_segments_cron, minute={7}, second={30}, keep_result=0, timeout=1800),
             # The outbox sweeper: triggers stored by hooks are posted within seconds.
@@ -94,6 +103,7 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         "burst": burst,
         "handle_signals": not burst,
         "keep_result": 0,
+        "allow_abort_jobs": True,  # disconnect aborts a running import (accounts.service)
         "max_jobs": 20,
         "job_timeout": 300,
         "poll_delay": 0.2,

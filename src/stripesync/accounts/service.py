@@ -25,6 +25,7 @@ from stripesync.accounts.schemas import (
 )
 from stripesync.clients.stripe import StripeClient, StripeError, StripeUnavailable
 from stripesync.config import Settings
+from stripesync.imports import service as imports_service
 from stripesync.kit import crypto
 from stripesync.kit.clock import utcnow
 from stripesync.kit.tenancy import get_account
@@ -148,8 +149,8 @@ def _connection_block(connection: StripeConnection, status: str) -> StripeBlock:
 
 
 async def import_block(session: AsyncSession, account_id: str) -> ImportBlock | None:
-    # The imports feature (jobs table) returns the latest import job here.
-    return None
+    """The account's latest import job (imports.service.import_block)."""
+    return await imports_service.import_block(session, account_id)
 
 
 async def optin_block(session: AsyncSession, account_id: str) -> OptinCounts:
@@ -195,6 +196,7 @@ async def disconnect(
     connection = await repository.active_connection(session, account_id, lock=True)
     if connection is not None:
         revoke_connection(connection, reason="disconnected")
+        await imports_service.cancel_connection_imports(session, connection.id)
     if purge:
         await purge_stored_data(session, account_id)
     await session.flush()

@@ -33,7 +33,26 @@ class StripeError(Exception):
 
 
 class StripeUnavailable(Exception):
-    """Stripe could not be reached or failed on its side; the request may be retried."""
+    """Stripe could not be reached or failed on its side; the request may be retried.
+
+    `status` is the HTTP status when Stripe answered (429 = rate limited), else None."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StripeList:
+    """One page of a list endpoint: objects newest first, and whether more follow."""
+
+    data: list[dict[str, Any]]
+    has_more: bool
+
+    @property
+    def last_id(self) -> str | None:
+        """The `starting_after` cursor of the next page."""
+        return str(self.data[-1]["id"]) if self.data else None
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,7 @@ class StripeClient:
                 raise StripeUnavailable("Stripe answered with an unexpected body")
             return body
         if retryable:
-            raise StripeUnavailable(f"Stripe answered {response.status_code}")
+            raise StripeUnavailable(f"Stripe answered {response.status_code}", response.status_code)
         code, message = _error_of(response)
         raise StripeError(response.status_code, code, message)
 
@@ -140,6 +159,37 @@ class StripeClient:
         headers = {"Stripe-Account": stripe_account} if stripe_account else None
         url = self._settings.stripe_api_base.rstrip("/") + path
         return await self._send("GET", url, params=params, headers=headers)
+
+    async def list_page(
+        self,
+        path: str,
+        *,
+        stripe_account: str,
+        limit: int = 100,
+        starting_after: str | None = None,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> StripeList:
+        """One page of a list endpoint (`/v1/customers`, `/v1/charges`, ...), newest first,
+        within a `created` window (unix seconds, `[gte, lt)`), after the `starting_after`
+        cursor. Never the Search API: it lags behind and has its own, lower limit."""
+        query: dict[str, Any] = {"limit": limit, **(params or {})}
+        if starting_after is not None:
+            query["starting_after"] = starting_after
+        if created_gte is not None:
+            query["created[gte]"] = created_gte
+        if created_lt is not None:
+            query["created[lt]"] = created_lt
+        body = await self.get(path, stripe_account=stripe_account, params=query)
+        data = body.get("data")
+        if not isinstance(data, list) or not all(isinstance(o, dict) and "id" in o for o in data):
+            raise StripeUnavailable("Stripe answered a list without data")
+        return StripeList(data=data, has_more=bool(body.get("has_more")))
+
+    async def retrieve_customer(self, customer_id: str, *, stripe_account: str) -> dict[str, Any]:
+        """`GET /v1/customers/{id}`; a deleted customer comes back as `{"deleted": true}`."""
+        return await self.get(f"/v1/customers/{customer_id}", stripe_account=stripe_account)
 
 
 def _error_of(response: httpx.Response) -> tuple[str, str]:

@@ -19,6 +19,15 @@ from stripesync.models.activity import (
 from stripesync.models.base import Base
 from stripesync.models.contact import PERMITTED_CONSENT, ConsentState, Contact
 from stripesync.models.event import PENDING_STATES, EventState, StripeEvent
+from stripesync.models.job import (
+    ACTIVE_JOB_STATES,
+    IMPORT_KINDS,
+    ImportWindow,
+    Job,
+    JobKind,
+    JobState,
+    NoticeState,
+)
 from stripesync.models.optin import (
     OptinEmail,
     OptinEmailSettings,
@@ -45,7 +54,9 @@ from stripesync.models.sync import (
 )
 
 __all__ = [
+    "ACTIVE_JOB_STATES",
     "ENCRYPTED",
+    "IMPORT_KINDS",
     "PENDING_STATES",
     "PERMITTED_CONSENT",
     "Account",
@@ -63,6 +74,11 @@ __all__ = [
     "ContactSegment",
     "CustomFieldKey",
     "EventState",
+    "ImportWindow",
+    "Job",
+    "JobKind",
+    "JobState",
+    "NoticeState",
     "OAuthState",
     "OptinEmail",
     "OptinEmailSettings",

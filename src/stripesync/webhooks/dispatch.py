@@ -24,6 +24,7 @@ HANDLER_MODULES: tuple[str, ...] = (
     "stripesync.activity.handlers",
     "stripesync.segments.hooks",
     "stripesync.optin.hooks",
+    "stripesync.imports.hooks",
     "stripesync.sync.hooks",
 )
 

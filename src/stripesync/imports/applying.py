@@ -1,0 +1,81 @@
+"""Applying what an import read, through the same apply functions as webhook events.
+
+Nothing here decides anything about customers, payments or consent: each object goes to
+`activity.service.apply_*` (idempotent, order-independent, hooks included: segments,
+the one opt-in email, sync). This module only counts what happened, for the job report.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stripesync.activity import service
+from stripesync.activity.context import ActivityContext
+from stripesync.activity.objects import charge_snapshot, checkout_snapshot, customer_snapshot
+from stripesync.imports import repository
+from stripesync.models import ConsentState
+
+# Outcome keys of the report: `imported.<list>` per object applied, `skipped.<reason>`
+# per object that made no contact, and per person (customers, checkout buyers) one of
+# `contacts.new`, `contacts.already_contact` or a consent that keeps them out.
+CLOSED_CONSENT = {ConsentState.DECLINED: "declined", ConsentState.UNSUBSCRIBED: "unsubscribed"}
+
+
+async def apply_objects(
+    session: AsyncSession,
+    ctx: ActivityContext,
+    resource: str,
+    objects: Sequence[dict[str, Any]],
+    *,
+    job_started_at: datetime,
+) -> Counter[str]:
+    """Apply one page of `resource` objects; answers the outcome counts."""
+    counts: Counter[str] = Counter()
+    people: list[str] = []
+    for obj in objects:
+        if bool(obj.get("livemode", ctx.livemode)) != ctx.livemode:
+            counts["skipped.test_mode"] += 1  # a test object never touches live data
+            continue
+        counts[f"imported.{resource}"] += 1
+        if resource == "customers":
+            if obj.get("deleted") is True:
+                await service.detach_customer(session, ctx, obj)
+                continue
+            applied = await service.apply_customer(session, ctx, obj)
+            email = customer_snapshot(obj).email
+        elif resource == "checkout_sessions":
+            applied = await service.apply_checkout_session(session, ctx, obj)
+            email = checkout_snapshot(obj).email
+        elif resource == "charges":
+            await service.apply_charge(session, ctx, obj)
+            snap = charge_snapshot(obj, ctx.observed_at)
+            if snap is not None and snap.customer_id is None and snap.guest_email is None:
+                counts["skipped.no_email"] += 1  # a guest payment nobody can be reached for
+            continue
+        elif resource == "subscriptions":
+            await service.apply_subscription(session, ctx, obj)
+            continue
+        else:  # pragma: no cover - the plan only holds the lists above
+            raise ValueError(f"unknown list {resource}")
+        if applied.skipped_reason is not None:
+            counts[f"skipped.{applied.skipped_reason}"] += 1
+        elif email is not None:
+            people.append(email)
+    if people:
+        states = await repository.contact_states(session, ctx.account_id, sorted(set(people)))
+        for email in people:
+            state = states.get(email)
+            if state is None:
+                counts["skipped.no_contact"] += 1
+            elif state[0] in CLOSED_CONSENT:
+                counts[f"skipped.{CLOSED_CONSENT[ConsentState(state[0])]}"] += 1
+            elif state[1] < job_started_at:
+                counts["contacts.already_contact"] += 1
+            else:
+                counts["contacts.new"] += 1
+    return counts

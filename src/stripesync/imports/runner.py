@@ -1,0 +1,471 @@
+"""Running one import job: readers fetch windows in parallel, one applier stores pages.
+
+    readers (import_concurrency) ──pages──▶ bounded queue ──▶ applier ──▶ Postgres
+        each: claim a window, read it page by page          one transaction per page:
+        (budget + backoff), split the widest one when       the page's effects, its window's
+        nothing is left to claim                            checkpoint, the job's lease
+
+Memory stays flat: at most `2 * import_concurrency` pages are in flight. One applier per
+account, because every page's contacts-changed hooks lock the account's segments: parallel
+appliers would only queue behind each other (or deadlock).
+
+Resuming: the checkpoint advances only with the page it describes, so after a crash the
+readers start again from each window's last applied object, and nothing is applied twice
+(the apply functions are idempotent anyway). The lease, checked in every page's
+transaction, fences off a worker that was presumed dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from arq.connections import ArqRedis
+
+from stripesync.activity.context import ActivityContext
+from stripesync.clients.stripe import StripeClient, StripeError
+from stripesync.config import Settings
+from stripesync.db import SessionFactory, transaction
+from stripesync.imports import repository
+from stripesync.imports.applying import apply_objects
+from stripesync.imports.reading import StripeReader, stripe_budget
+from stripesync.imports.windows import (
+    OPTIN_CUSTOMER_DAYS,
+    Window,
+    estimate,
+    initial_plan,
+    next_to_claim,
+    phase,
+    split_point,
+)
+from stripesync.kit.clock import utcnow
+from stripesync.kit.ratelimit import RateLimiter
+from stripesync.models import (
+    ConnectionMode,
+    ConnectionStatus,
+    Job,
+    JobState,
+    StripeConnection,
+)
+
+log = structlog.get_logger(__name__)
+
+PAYER_BATCH = 100
+
+
+class LeaseLost(Exception):
+    """Another runner holds the job now (ours expired): stop without touching anything."""
+
+
+class ImportCancelled(Exception):
+    """The connection was revoked or the job cancelled: stop between pages."""
+
+
+@dataclass(frozen=True)
+class Deps:
+    session_factory: SessionFactory
+    http: httpx.AsyncClient
+    redis: ArqRedis
+    settings: Settings
+
+
+@dataclass
+class Page:
+    window: Window
+    objects: list[dict[str, Any]]
+    cursor: str | None
+    oldest: int | None
+    done: bool
+    fetched_at: datetime
+
+
+def budget_name(connection: StripeConnection) -> str:
+    return f"stripe:{connection.stripe_account_id}:{'live' if connection.livemode else 'test'}"
+
+
+class ImportRun:
+    """One runner's turn at one job (it may be the job's second turn, after a crash)."""
+
+    def __init__(self, deps: Deps, job: Job, connection: StripeConnection, token: str) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.job = job
+        self.connection = connection
+        self.token = token
+        self.lease = timedelta(seconds=self.settings.import_lease_seconds)
+        assert job.started_at is not None
+        self.started_at: datetime = job.started_at
+        limiter = RateLimiter(
+            deps.redis,
+            budget_name(connection),
+            per_second=stripe_budget(self.settings, connection.livemode),
+            api="stripe",
+        )
+        self.reader = StripeReader(
+            StripeClient(deps.http, self.settings),
+            limiter,
+            self.settings,
+            connection.stripe_account_id,
+        )
+        self.windows: list[Window] = []
+        self.requests_before = int(job.report.get("stripe_requests", 0))
+        self.extra: Counter[str] = Counter(job.report.get("extra", {}))
+        self.queue: asyncio.Queue[Page | None] = asyncio.Queue(
+            maxsize=2 * max(1, self.settings.import_concurrency)
+        )
+
+    # --- the whole turn -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._load_or_plan()
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            if not all(w.done for w in self.windows):
+                await self._read_and_apply()
+            if self.connection.mode == ConnectionMode.OPTIN:
+                await self._recent_payers()
+            await self._finish()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(BaseException):
+                await heartbeat
+
+    async def _load_or_plan(self) -> None:
+        async with transaction(self.deps.session_factory) as session:
+            rows = await repository.windows(session, self.job.id)
+            if not rows:
+                plan = initial_plan(
+                    self.connection.mode, self.started_at, self.settings.import_windows_per_list
+                )
+                await self._fenced(session)
+                await repository.insert_windows(session, self.job.id, plan)
+                rows = await repository.windows(session, self.job.id)
+        self.windows = [Window.from_row(row) for row in rows]
+
+    async def _fenced(self, session: Any, **values: Any) -> None:
+        """Inside a transaction: stop unless the connection is live and the lease ours."""
+        status = await repository.connection_status(session, self.connection.id)
+        if status != ConnectionStatus.CONNECTED:
+            raise ImportCancelled("the Stripe connection is no longer active")
+        if not await repository.renew(session, self.job.id, self.token, self.lease, **values):
+            job = await session.get(Job, self.job.id, populate_existing=True)
+            if job is not None and job.state == JobState.CANCELLED:
+                raise ImportCancelled("the job was cancelled")
+            raise LeaseLost(self.job.id)
+
+    async def _heartbeat(self) -> None:
+        """Keep the lease while pages are slow to come (backoff, a slow Stripe)."""
+        interval = max(0.2, self.settings.import_lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            async with transaction(self.deps.session_factory) as session:
+                await self._fenced(session, progress=self.progress())
+
+    # --- readers and the applier -------------------------------------------------------------
+
+    async def _read_and_apply(self) -> None:
+        readers = [
+            asyncio.create_task(self._reader())
+            for _ in range(max(1, self.settings.import_concurrency))
+        ]
+        applier = asyncio.create_task(self._applier())
+
+        async def all_read() -> None:
+            await asyncio.gather(*readers)
+            await self.queue.put(None)
+
+        reading = asyncio.create_task(all_read())
+        try:
+            done, _ = await asyncio.wait({reading, applier}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # raises the first failure
+            await applier
+        finally:
+            for task in (*readers, reading, applier):
+                task.cancel()
+            await asyncio.gather(*readers, reading, applier, return_exceptions=True)
+
+    async def _claim(self) -> Window | None:
+        while True:
+            window = next_to_claim(self.windows)
+            if window is not None:
+                window.claimed = True
+                return window
+            split = split_point(self.windows)
+            if split is None:
+                return None
+            old, cut = split
+            fresh = Window(id=0, resource=old.resource, gte=old.gte, lt=cut, claimed=True)
+            old.gte = cut  # from now on its reader stops at the cut (see _reader)
+            self.windows.append(fresh)
+            async with transaction(self.deps.session_factory) as session:
+                await self._fenced(session)
+                fresh.id = await repository.split_window(session, self.job.id, old.id, cut)
+            return fresh
+
+    async def _reader(self) -> None:
+        while (window := await self._claim()) is not None:
+            spec = window.spec
+            while not window.fetch_done:
+                page = await self.reader.page(
+                    spec.path, spec.params, window.gte, window.lt, window.fetch_cursor
+                )
+                fetched_at = utcnow()
+                # After a split the request may have started below the new lower bound:
+                # objects under it belong to the other part (the list is newest first).
+                kept = [o for o in page.data if int(o.get("created", 0)) >= window.gte]
+                window.fetch_done = not page.has_more or len(kept) < len(page.data)
+                if page.data:
+                    window.fetch_cursor = page.last_id
+                if kept:
+                    window.fetch_oldest = int(kept[-1]["created"])
+                await self.queue.put(
+                    Page(
+                        window=window,
+                        objects=kept,
+                        cursor=window.fetch_cursor,
+                        oldest=window.fetch_oldest,
+                        done=window.fetch_done,
+                        fetched_at=fetched_at,
+                    )
+                )
+
+    async def _applier(self) -> None:
+        while (page := await self.queue.get()) is not None:
+            await self._apply(page)
+
+    async def _apply(self, page: Page) -> None:
+        window = page.window
+        ctx = ActivityContext.for_connection(self.connection, page.fetched_at)
+        counts = Counter(window.counts)
+        async with transaction(self.deps.session_factory) as session:
+            await self._fenced(session)
+            counts.update(
+                await apply_objects(
+                    session, ctx, window.resource, page.objects, job_started_at=self.started_at
+                )
+            )
+            await repository.checkpoint(
+                session,
+                window.id,
+                cursor=page.cursor,
+                oldest_created=page.oldest,
+                objects=len(page.objects),
+                done=page.done,
+                counts=dict(counts),
+            )
+            # Committed with the page: the in-memory checkpoint follows only on success.
+            window.cursor, window.oldest_created = page.cursor, page.oldest
+            window.objects += len(page.objects)
+            window.pages += 1
+            window.done = page.done
+            window.counts = dict(counts)
+            await repository.renew(
+                session,
+                self.job.id,
+                self.token,
+                self.lease,
+                progress=self.progress(),
+                report=self.running_report(),
+            )
+
+    # --- opt-in mode: customers created earlier who paid in the last 6 months ---------------
+
+    async def _recent_payers(self) -> None:
+        since = self.started_at - timedelta(days=OPTIN_CUSTOMER_DAYS)
+        missing: list[str] = []  # deleted at Stripe since: nothing to fetch again
+        while True:
+            async with transaction(self.deps.session_factory) as session:
+                ids = await repository.recent_unknown_customers(
+                    session,
+                    self.connection.account_id,
+                    self.connection.livemode,
+                    since,
+                    missing,
+                    PAYER_BATCH,
+                )
+            if not ids:
+                return
+            found = await asyncio.gather(*(self._customer_or_none(i) for i in ids))
+            ctx = ActivityContext.for_connection(self.connection, utcnow())
+            async with transaction(self.deps.session_factory) as session:
+                await self._fenced(session, progress=self.progress("recent_payers"))
+                objects = []
+                for customer_id, obj in zip(ids, found, strict=True):
+                    if obj is None:
+                        missing.append(customer_id)
+                    else:
+                        objects.append(obj)
+                counts = await apply_objects(
+                    session, ctx, "customers", objects, job_started_at=self.started_at
+                )
+                self.extra.update(counts)
+                self.extra["recent_payers"] += len(objects)
+
+    async def _customer_or_none(self, customer_id: str) -> dict[str, Any] | None:
+        try:
+            return await self.reader.customer(customer_id)
+        except StripeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # --- progress and the report -------------------------------------------------------------
+
+    def progress(self, current: str | None = None) -> dict[str, Any]:
+        done, total = estimate(self.windows)
+        return {"phase": current or phase(self.windows), "done": done, "total": total}
+
+    def running_report(self) -> dict[str, Any]:
+        return {
+            "stripe_requests": self.requests_before + self.reader.stats.requests,
+            "rate_limited": int(self.job.report.get("rate_limited", 0))
+            + self.reader.stats.rate_limited,
+            "extra": dict(self.extra),
+        }
+
+    async def _finish(self) -> None:
+        totals: Counter[str] = Counter(self.extra)
+        for window in self.windows:
+            totals.update(window.counts)
+        totals.pop("recent_payers", None)
+        async with transaction(self.deps.session_factory) as session:
+            await self._fenced(session)
+            report = build_report(
+                totals,
+                running=self.running_report(),
+                recent_payers=self.extra.get("recent_payers", 0),
+                contacts_created=await repository.contacts_created_since(
+                    session, self.connection.account_id, self.started_at
+                ),
+                optin_emails=await repository.optin_emails_since(
+                    session, self.connection.account_id, self.started_at
+                ),
+            )
+            done, _ = estimate(self.windows)
+            await repository.finish(
+                session,
+                self.job.id,
+                self.token,
+                JobState.SUCCEEDED,
+                report=report,
+                progress={"phase": "done", "done": done, "total": done},
+                notify=True,
+            )
+        log.info(
+            "import_succeeded",
+            job_id=self.job.id,
+            account_id=self.connection.account_id,
+            objects=done,
+            stripe_requests=report["stripe_requests"],
+        )
+
+
+def build_report(
+    totals: Counter[str],
+    *,
+    running: dict[str, Any],
+    recent_payers: int,
+    contacts_created: int,
+    optin_emails: int,
+) -> dict[str, Any]:
+    """The job report of api.md: what was read, what it made, and skips by reason."""
+
+    def group(prefix: str) -> dict[str, int]:
+        return {
+            key.split(".", 1)[1]: value
+            for key, value in sorted(totals.items())
+            if key.startswith(prefix + ".") and value
+        }
+
+    people = group("contacts")
+    return {
+        "imported": group("imported"),
+        "contacts_created": contacts_created,
+        "already_contact": people.get("already_contact", 0),
+        "optin_emails": optin_emails,
+        "skipped": group("skipped"),
+        "recent_payers_fetched": recent_payers,
+        "stripe_requests": running["stripe_requests"],
+        "rate_limited": running["rate_limited"],
+    }
+
+
+def new_lease_token() -> str:
+    return uuid.uuid4().hex
+
+
+async def run_job(deps: Deps, job_id: str) -> str:
+    """Run (or resume) one import job; answers what happened to it this turn:
+    `succeeded`, `cancelled`, `busy` (someone else holds it), `released` (a transient
+    failure: the sweeper runs it again) or `failed`."""
+    token = new_lease_token()
+    lease = timedelta(seconds=deps.settings.import_lease_seconds)
+    async with transaction(deps.session_factory) as session:
+        job = await repository.claim(session, job_id, token, lease)
+        connection = (
+            await session.get(StripeConnection, job.connection_id)
+            if job is not None and job.connection_id is not None
+            else None
+        )
+    if job is None:
+        return "busy"
+    if connection is None or connection.status != ConnectionStatus.CONNECTED:
+        await _cancel(deps, job_id)
+        return "cancelled"
+    log.info("import_started", job_id=job_id, account_id=job.account_id, attempt=job.attempts)
+    run = ImportRun(deps, job, connection, token)
+    try:
+        await run.run()
+    except ImportCancelled:
+        await _cancel(deps, job_id)
+        return "cancelled"
+    except LeaseLost:
+        log.warning("import_lease_lost", job_id=job_id)
+        return "busy"
+    except asyncio.CancelledError:
+        # Worker shutdown or an arq abort: give the lease back; the sweeper decides.
+        with contextlib.suppress(Exception):
+            async with transaction(deps.session_factory) as session:
+                await repository.release(session, job_id, token, "interrupted")
+        raise
+    except StripeError as exc:
+        # Stripe refused for good (a revoked key, a missing permission): retrying won't help.
+        await _fail(deps, job_id, token, f"Stripe refused the import: {exc.code}")
+        return "failed"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        log.warning("import_interrupted", job_id=job_id, error=error, attempt=job.attempts)
+        if job.attempts >= deps.settings.import_max_attempts:
+            await _fail(deps, job_id, token, error)
+            return "failed"
+        async with transaction(deps.session_factory) as session:
+            await repository.release(session, job_id, token, error)
+        return "released"
+    return "succeeded"
+
+
+async def _cancel(deps: Deps, job_id: str) -> None:
+    async with transaction(deps.session_factory) as session:
+        await repository.finish(
+            session,
+            job_id,
+            None,
+            JobState.CANCELLED,
+            error="cancelled: Stripe was disconnected",
+            notify=False,
+        )
+    log.info("import_cancelled", job_id=job_id)
+
+
+async def _fail(deps: Deps, job_id: str, token: str, error: str) -> None:
+    async with transaction(deps.session_factory) as session:
+        await repository.finish(session, job_id, token, JobState.FAILED, error=error, notify=True)
+    log.warning("import_failed", job_id=job_id, error=error)

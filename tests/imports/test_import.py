@@ -1,0 +1,105 @@
+"""The historical import end to end, in process: every list read through the list
+endpoints, applied through the activity functions, counted, and reported once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stripesync.imports.tasks import import_history, sweep_imports
+from stripesync.models import (
+    CheckoutSession,
+    Contact,
+    OptinEmail,
+    Payment,
+    StripeCustomer,
+    Subscription,
+)
+from tests.fakes.stripe import FakeStripe, History, customer_email
+
+from .conftest import ACCOUNT, OWNER, Env, now_history
+
+
+def expected_skips(n: int) -> dict[str, int]:
+    emails = [customer_email(i) for i in range(n)]
+    return {
+        "no_email": sum(e is None for e in emails),
+        "invalid_email": sum(e == "not-an-address" for e in emails),
+    }
+
+
+async def test_direct_import_reads_every_list_once_and_reports(
+    env: Env, job_ctx: dict[str, Any], fake_stripe: FakeStripe, history: History
+) -> None:
+    _, job_id = await env.connect(mode="direct")
+
+    outcome = await import_history(job_ctx, ACCOUNT)
+
+    assert outcome == {job_id: "succeeded"}
+    assert await env.count(StripeCustomer) == history.customers
+    assert await env.count(Payment) == history.charges
+    assert await env.count(CheckoutSession) == history.checkout_sessions
+    assert await env.count(Subscription) == history.subscriptions
+    job = await env.job(job_id)
+    assert job.state == "succeeded" and job.finished_at is not None
+    total = history.customers + history.charges + history.checkout_sessions + history.subscriptions
+    assert job.progress == {"phase": "done", "done": total, "total": total}
+    report = job.report
+    assert report["imported"] == {
+        "customers": history.customers,
+        "charges": history.charges,
+        "checkout_sessions": history.checkout_sessions,
+        "subscriptions": history.subscriptions,
+    }
+    skips = expected_skips(history.customers)
+    assert report["skipped"]["no_email"] >= skips["no_email"]
+    assert report["skipped"]["invalid_email"] == skips["invalid_email"]
+    assert report["contacts_created"] == await env.count(Contact)
+    # Only list endpoints, never the Search API; every request paged at limit=100.
+    assert set(fake_stripe.stats.by_path) <= {
+        "/v1/customers",
+        "/v1/charges",
+        "/v1/checkout/sessions",
+        "/v1/subscriptions",
+    }
+    assert report["stripe_requests"] == fake_stripe.stats.requests
+    # The completion email went to the owner, once, with text and HTML parts.
+    mails = env.outbox()
+    assert len(mails) == 1
+    assert mails[0]["To"] == OWNER
+    text = mails[0].get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    html = mails[0].get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    assert f"New contacts:             {report['contacts_created']}" in text
+    assert f"<strong>{total}</strong>" in html
+    await sweep_imports(job_ctx)
+    assert len(env.outbox()) == 1
+
+
+@pytest.mark.parametrize(
+    "history", [now_history(customers=60, charges=240, checkout_sessions=6, subscriptions=6)]
+)
+async def test_optin_import_reads_recent_customers_and_recent_payers_once(
+    env: Env, job_ctx: dict[str, Any], fake_stripe: FakeStripe, history: History
+) -> None:
+    _, job_id = await env.connect(mode="optin")
+
+    assert await import_history(job_ctx, ACCOUNT) == {job_id: "succeeded"}
+
+    cutoff = history.end - 183 * 86_400
+    recent = {i for i in range(history.customers) if history.created("customers", i) >= cutoff}
+    payers = {
+        j % history.customers
+        for j in range(history.charges)
+        if j % 10 != 9 and history.created("charges", j) >= cutoff
+    }
+    stored = await env.count(StripeCustomer)
+    assert stored == len(recent | payers) < history.customers
+    assert fake_stripe.stats.by_path["/v1/customers"] < 10
+    assert await env.count(Payment) == history.charges
+    job = await env.job(job_id)
+    assert job.report["recent_payers_fetched"] == len(payers - recent)
+    # One opt-in email per eligible person, requested through the opt-in hook.
+    optin_rows = await env.count(OptinEmail)
+    assert optin_rows > 0
+    assert job.report["optin_emails"] == optin_rows
