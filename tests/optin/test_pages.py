@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import time_machine
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from tests.conftest import platform_headers, run_worker_burst
 from tests.optin.conftest import (
@@ -211,3 +212,18 @@ async def test_dashboard_counts_sent_confirmed_declined_pending(
     response = await app_client.get(f"/v1/accounts/{ACCOUNT}", headers=platform_headers)
     assert response.status_code == 200
     assert response.json()["optin"] == {"sent": 3, "confirmed": 1, "declined": 1, "pending": 1}
+
+
+async def test_metrics_count_sends_and_answers(
+    app_client: httpx.AsyncClient, session_factory: SessionFactory, token: str
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    confirmed = sample("stripesync_optin_responses_total", response="confirmed")
+    assert sample("stripesync_optin_emails_total", outcome="sent") >= 1
+    await app_client.post(f"/optin/{token}/confirm")
+    await app_client.post(f"/optin/{token}/confirm")  # a repeat counts nothing
+    assert sample("stripesync_optin_responses_total", response="confirmed") == confirmed + 1
+    scraped = (await app_client.get("/metrics")).text
+    assert 'stripesync_optin_emails_total{outcome="sent"}' in scraped
