@@ -115,3 +115,29 @@ async def test_unknown_routes_and_methods_use_the_error_shape(
     response = await app_client.get("/webhooks/stripe")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_unexpected_errors_answer_500_without_detail_and_log_no_path_values(
+    settings: Any, engine: Any
+) -> None:
+    from structlog.testing import capture_logs
+
+    from stripesync.app import create_app
+
+    app = create_app(settings)
+
+    @app.get("/boom/{secret}")
+    async def boom(secret: str) -> None:
+        raise RuntimeError("kaboom")
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            with capture_logs() as logs:
+                response = await client.get("/boom/tok_supersecret_value")
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "kaboom" not in response.text and "Traceback" not in response.text
+    logged = "\n".join(str(entry) for entry in logs)
+    assert "/boom/{secret}" in logged
+    assert "tok_supersecret_value" not in logged

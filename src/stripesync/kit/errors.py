@@ -77,9 +77,16 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", f"Invalid {names}", {"fields": fields})
 
 
+def route_template(request: Request) -> str:
+    """The matched route's template (`/optin/{token}`), never the concrete path: paths can
+    carry opt-in tokens and email addresses, which must not reach the logs."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Operators get the trace in the log; callers never do.
-    log.exception("unhandled_error", path=request.url.path, method=request.method)
+    log.exception("unhandled_error", route=route_template(request), method=request.method)
     return error_response(500, "internal_error", "Something went wrong on our side.")
 
 
