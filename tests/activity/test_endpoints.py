@@ -61,7 +61,7 @@ async def test_get_contact_shows_consent_evidence_customer_ids_and_activity(
     assert body["activity"]["purchase_count"] == 1
     assert body["activity"]["total_spent"] == [{"amount": 2500, "currency": "usd"}]
     assert body["segments"] == []
-    assert body["sync"]["state"] == "not_synced"
+    assert body["sync"]["state"] == "pending"  # never pushed yet
 
 
 async def test_get_contact_answers_404_for_unknown_email_and_422_for_invalid_one(

@@ -103,6 +103,7 @@ class Injection:
     path_contains: str | None = None
     shape: str = "array"  # array | object
     retry_after: str | None = None
+    method: str | None = None  # only this HTTP method (None: any)
 
 
 class FakeConstantContact:
@@ -191,11 +192,14 @@ class FakeConstantContact:
         path_contains: str | None = None,
         shape: str = "array",
         retry_after: str | None = None,
+        method: str | None = None,
     ) -> None:
         """Answer the next `count` matching requests with this error (0 drops the connection)."""
         key = error_key or {429: "throttled", 401: "unauthorized"}.get(status, "server_error")
         with self.lock:
-            self.injections.append(Injection(status, count, key, path_contains, shape, retry_after))
+            self.injections.append(
+                Injection(status, count, key, path_contains, shape, retry_after, method)
+            )
 
     def unsubscribe(self, email: str) -> FakeContact:
         """The person unsubscribed on the platform (created if unknown)."""
@@ -280,8 +284,10 @@ class FakeConstantContact:
             return 401, [_err("unauthorized", "Unauthorized")], {}
 
         for injection in self.injections:
-            if injection.count > 0 and (
-                injection.path_contains is None or injection.path_contains in path
+            if (
+                injection.count > 0
+                and (injection.path_contains is None or injection.path_contains in path)
+                and (injection.method is None or injection.method == method)
             ):
                 injection.count -= 1
                 extra = {"Retry-After": injection.retry_after} if injection.retry_after else {}

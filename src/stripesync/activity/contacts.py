@@ -97,7 +97,17 @@ async def contact_view(session: AsyncSession, account_id: str, email: str) -> Co
             subscription_status=contact.subscription_status,
         ),
         segments=[],
-        sync=SyncState(state="not_synced", version=contact.version),
+        sync=SyncState(
+            state=contact.sync_state,
+            version=contact.version,
+            synced_version=contact.synced_version,
+            on_platform=bool(contact.platform_contact_id or contact.synced_lists),
+            lists=list(contact.synced_lists),
+            platform_contact_id=contact.platform_contact_id,
+            synced_at=contact.synced_at,
+            error=contact.sync_error,
+            deferred_until=contact.sync_deferred_until,
+        ),
         created_at=contact.created_at,
         updated_at=contact.updated_at,
     )

@@ -39,10 +39,22 @@ class PaymentSummary(BaseModel):
 
 
 class SyncState(BaseModel):
-    state: str = Field(description="Filled in by the sync feature; `not_synced` until then.")
+    state: str = Field(
+        description="`ok` (the platform has `synced_version`), `pending` (a newer version waits),"
+        " `error` (the platform refused it: `error` says why) or `deferred` (out of daily"
+        " quota until `deferred_until`)."
+    )
     version: int = Field(description="The contact's change-feed version.")
+    synced_version: int = Field(0, description="The last version handled by the sync engine.")
+    on_platform: bool = Field(
+        False,
+        description="Whether the contact was ever pushed (a contact without permission never is).",
+    )
+    lists: list[str] = Field(default_factory=list, description="Platform list ids pushed.")
     platform_contact_id: str | None = None
     synced_at: datetime | None = None
+    error: str | None = Field(None, description="The platform's own message, when refused.")
+    deferred_until: datetime | None = None
 
 
 class ContactView(BaseModel):

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import case, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    any_,
+    bindparam,
+    case,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.models import (
@@ -19,6 +30,12 @@ from stripesync.models import (
     SyncBatch,
 )
 from stripesync.models.sync import BatchState, SyncState
+
+
+def _any_id(ids: Collection[int]) -> ColumnElement[bool]:
+    # One array parameter: `IN (...)` would bind one parameter per id, and Postgres takes
+    # at most 32,767 of them (an import batch holds 40,000 contacts).
+    return any_(bindparam(None, [int(i) for i in ids], type_=ARRAY(BigInteger)))
 
 
 async def lagging_contacts(
@@ -46,7 +63,7 @@ async def desired_lists(
         select(ContactSegment.contact_id, Segment.platform_list_id)
         .join(Segment, Segment.id == ContactSegment.segment_id)
         .where(
-            ContactSegment.contact_id.in_(contact_ids),
+            ContactSegment.contact_id == _any_id(contact_ids),
             Segment.platform_list_id.is_not(None),
             Segment.deleted_at.is_(None),
         )
@@ -93,6 +110,48 @@ async def mark_synced(
     )
 
 
+async def mark_synced_many(
+    session: AsyncSession, versions: Mapping[int, int], lists: Sequence[str], now: datetime
+) -> None:
+    """`mark_synced` for many contacts (id → version) in one statement."""
+    if not versions:
+        return
+    await session.execute(
+        text(
+            """
+            UPDATE contacts c SET synced_version = v.version, synced_lists = :lists,
+                synced_at = :now, sync_error = NULL, sync_deferred_until = NULL,
+                sync_state = CASE WHEN c.version > v.version THEN 'pending' ELSE 'ok' END
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:versions AS bigint[])) AS v(id, version)
+            WHERE c.id = v.id AND c.synced_version < v.version
+            """
+        ).bindparams(bindparam("lists", type_=ARRAY(String(64)))),
+        {
+            "lists": list(lists),
+            "now": now,
+            "ids": list(versions),
+            "versions": list(versions.values()),
+        },
+    )
+
+
+async def mark_error_many(session: AsyncSession, versions: Mapping[int, int], message: str) -> None:
+    """`mark_error` for many contacts (id → version) in one statement."""
+    if not versions:
+        return
+    await session.execute(
+        text(
+            """
+            UPDATE contacts c SET synced_version = v.version, sync_state = 'error',
+                sync_error = :message
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:versions AS bigint[])) AS v(id, version)
+            WHERE c.id = v.id AND c.synced_version < v.version
+            """
+        ),
+        {"message": message[:1000], "ids": list(versions), "versions": list(versions.values())},
+    )
+
+
 async def mark_error(session: AsyncSession, contact_id: int, version: int, message: str) -> None:
     """The platform refused this version for good: shown, and not retried until it changes."""
     await session.execute(
@@ -112,7 +171,7 @@ async def mark_deferred(
     if contact_ids:
         await session.execute(
             update(Contact)
-            .where(Contact.id.in_(contact_ids))
+            .where(Contact.id == _any_id(contact_ids))
             .values(sync_state=SyncState.DEFERRED.value, sync_deferred_until=until)
         )
 
@@ -140,7 +199,7 @@ async def permitted(session: AsyncSession, contact_ids: Collection[int]) -> set[
         return set()
     rows = await session.scalars(
         select(Contact.id).where(
-            Contact.id.in_(list(contact_ids)),
+            Contact.id == _any_id(contact_ids),
             Contact.consent_state.in_([str(s) for s in PERMITTED_CONSENT]),
         )
     )

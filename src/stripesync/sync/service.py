@@ -90,7 +90,7 @@ async def sync_account(
     account_id: str,
     *,
     limit: int = 200_000,
-    poll_interval: float = 2.0,
+    poll_interval: float = 0.25,
 ) -> SyncReport:
     """Push every lagging contact of the account; answer what happened.
 
@@ -109,27 +109,28 @@ async def sync_account(
             desired = await repository.desired_lists(session, [c.id for c in contacts])
         work: list[_Work] = []
         revoked: list[_Work] = []
+        unpermitted: dict[int, int] = {}
+        for contact in contacts:
+            if contact.consent_state in PERMITTED_CONSENT:
+                work.append(_Work(contact, contact.version, desired.get(contact.id, [])))
+            elif contact.synced_lists:
+                # Permission withdrawn after a push: take them off our lists (a removal
+                # sends nothing about the person and subscribes no one).
+                revoked.append(_Work(contact, contact.version, []))
+            else:
+                # Permission is sacred: nothing about this person leaves.
+                unpermitted[contact.id] = contact.version
         async with transaction(session_factory) as session:
-            for contact in contacts:
-                if contact.consent_state in PERMITTED_CONSENT:
-                    work.append(_Work(contact, contact.version, desired.get(contact.id, [])))
-                elif contact.synced_lists:
-                    # Permission withdrawn after a push: take them off our lists (a removal
-                    # sends nothing about the person and subscribes no one).
-                    revoked.append(_Work(contact, contact.version, []))
-                else:
-                    # Permission is sacred: nothing about this person leaves.
-                    await repository.mark_synced(session, contact.id, contact.version, [], utcnow())
-                    report.skipped += 1
+            await repository.mark_synced_many(session, unpermitted, [], utcnow())
+        report.skipped += len(unpermitted)
         pending = {w.contact.id for w in work}
         pending_revoked = {w.contact.id for w in revoked}
         try:
             await _remove_lists(session_factory, client, [*revoked, *work], report, poll_interval)
             async with transaction(session_factory) as session:
-                for item in revoked:
-                    await repository.mark_synced(
-                        session, item.contact.id, item.version, [], utcnow()
-                    )
+                await repository.mark_synced_many(
+                    session, {w.contact.id: w.version for w in revoked}, [], utcnow()
+                )
             report.skipped += len(revoked)
             pending_revoked.clear()
             await _sign_up(session_factory, client, work, fields, report, pending)
@@ -275,15 +276,17 @@ async def _import(
     poll_interval: float,
 ) -> None:
     items = []
+    listless: dict[int, int] = {}  # no list to put them on (yet): nothing to push
     for item in work:
         if item.contact.id not in pending:
             continue
         if not item.desired:
-            async with transaction(session_factory) as session:
-                await repository.mark_synced(session, item.contact.id, item.version, [], utcnow())
-            pending.discard(item.contact.id)
+            listless[item.contact.id] = item.version
             continue
         items.append((item.contact.id, item.desired, _import_row(item.contact, fields)))
+    async with transaction(session_factory) as session:
+        await repository.mark_synced_many(session, listless, [], utcnow())
+    pending.difference_update(listless)
     versions = {item.contact.id: item.version for item in work}
     for batch in import_batches(items):
         async with transaction(session_factory) as session:
@@ -373,21 +376,17 @@ async def _settle_batch(
         if activity.state != "completed":
             batch.state = BatchState.FAILED.value
             batch.error = "; ".join(activity.activity_errors) or f"activity {activity.state}"
-            for cid in ids:
-                await repository.mark_error(session, cid, contact_versions[cid], batch.error)
+            await repository.mark_error_many(session, contact_versions, batch.error)
             report.errors += len(ids)
             return
         batch.state = BatchState.COMPLETED.value
         failed = _failed_contacts(activity.activity_errors, rows)
-        for cid in ids:
-            if cid in failed:
-                await repository.mark_error(session, cid, contact_versions[cid], failed[cid])
-                report.errors += 1
-            else:
-                await repository.mark_synced(
-                    session, cid, contact_versions[cid], list(batch.list_ids), now
-                )
-                report.imported += 1
+        for cid, message in failed.items():
+            await repository.mark_error(session, cid, contact_versions[cid], message)
+        synced = {cid: v for cid, v in contact_versions.items() if cid not in failed}
+        await repository.mark_synced_many(session, synced, list(batch.list_ids), now)
+        report.errors += len(failed)
+        report.imported += len(synced)
 
 
 def _failed_contacts(

@@ -99,7 +99,7 @@ async def account_lock(engine: AsyncEngine, account_id: str) -> AsyncIterator[bo
 
 
 async def sync_account_job(
-    ctx: dict[str, Any], account_id: str, *, poll_interval: float = 2.0
+    ctx: dict[str, Any], account_id: str, *, poll_interval: float = 0.25
 ) -> dict[str, Any]:
     """Job: push the account's lagging contacts (and lists, custom fields) to the platform."""
     engine: AsyncEngine = ctx["engine"]
