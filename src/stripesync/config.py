@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     import_request_attempts: int = 8
     import_backoff_base_seconds: float = 0.5
     import_max_attempts: int = 5
+    # Webhook reconciler: every this many minutes, each active connection's undelivered
+    # events (`GET /v1/events?delivery_success=false`, the last 30 days) are stored.
+    stripe_reconcile_every_minutes: int = Field(default=10, ge=1, le=60)
+    stripe_reconcile_max_pages: int = 20
 
     @field_validator(
         "encryption_keys", "stripe_webhook_secrets", "allowed_return_url_prefixes", mode="before"

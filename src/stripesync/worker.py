@@ -31,6 +31,7 @@ from stripesync.sync.queue import SYNC_ACCOUNT
 from stripesync.sync.queue import use_queue as use_sync_queue
 from stripesync.sync.tasks import sweep_sync, sync_account_job
 from stripesync.webhooks.dispatch import load_handlers
+from stripesync.webhooks.reconcile import reconcile_stripe_events
 from stripesync.webhooks.tasks import process_event, sweep_events
 
 
@@ -96,6 +97,15 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             cron(sweep_optin_emails, second={5, 35}, run_at_startup=True, keep_result=0),
             # Accounts whose contacts lag their synced version (lost enqueue, crash, quota).
             cron(sweep_sync, second={20}, run_at_startup=True, keep_result=0),
+            # Events Stripe never delivered (GET /v1/events?delivery_success=false).
+            cron(
+                reconcile_stripe_events,
+                minute=set(range(0, 60, settings.stripe_reconcile_every_minutes)),
+                second={40},
+                keep_result=0,
+                unique=True,
+                timeout=600,
+            ),
         ],
         "redis_pool": create_redis(settings.redis_url),
         "on_startup": startup,

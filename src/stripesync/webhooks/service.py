@@ -174,18 +174,24 @@ class EventInbox:
             raise
 
     async def _insert(self, conn: AsyncConnection, events: list[ParsedEvent]) -> set[str]:
-        params = {
-            "ids": [e.id for e in events],
-            "types": [e.type for e in events],
-            "accounts": [e.account for e in events],
-            "livemodes": [e.livemode for e in events],
-            "api_versions": [e.api_version for e in events],
-            "createds": [e.created for e in events],
-            "payloads": [e.payload_json for e in events],
-        }
         async with conn.begin():
-            result = await conn.execute(_INSERT_EVENTS, params)
-            return {row[0] for row in result}
+            return await insert_events(conn, events)
+
+
+async def insert_events(conn: AsyncConnection, events: list[ParsedEvent]) -> set[str]:
+    """`INSERT ... ON CONFLICT (id) DO NOTHING` of these events in the caller's transaction;
+    answers the ids that were new. The one write path of the inbox (endpoint, reconciler)."""
+    params = {
+        "ids": [e.id for e in events],
+        "types": [e.type for e in events],
+        "accounts": [e.account for e in events],
+        "livemodes": [e.livemode for e in events],
+        "api_versions": [e.api_version for e in events],
+        "createds": [e.created for e in events],
+        "payloads": [e.payload_json for e in events],
+    }
+    result = await conn.execute(_INSERT_EVENTS, params)
+    return {row[0] for row in result}
 
 
 async def _discard(conn: AsyncConnection) -> None:
