@@ -6,8 +6,9 @@ changes through the real rules (`record_consent`: none → pending → confirmed
 implied, unsubscribed at any time, attempts to re-confirm after unsubscribing), the person
 unsubscribing on the platform (which reports it to us), purchases that move them between
 segments, memberships left stale (a recompute that has not caught up yet: the sync engine
-must not trust segments alone for permission), and sync runs. Before each run the permitted addresses are read; every contact
-the platform receives in that run (sign-up forms, import rows) must be among them.
+must not trust segments alone for permission), and sync runs. Before each run the permitted
+addresses are read; every contact the platform receives in that run (sign-up forms, import
+rows) must be among them.
 """
 
 from __future__ import annotations
