@@ -180,3 +180,25 @@ async def test_database_unreachable_is_503(settings: Settings, engine: AsyncEngi
     assert response.status_code == 503
     assert _error_code(response) == "database_unavailable"
     assert ready.status_code == 503 and ready.json()["checks"]["postgres"].startswith("down")
+
+
+async def test_unstorable_characters_never_fail_the_events_sharing_their_commit(
+    app_client: httpx.AsyncClient, session_factory: SessionFactory
+) -> None:
+    good = [stripe_event() for _ in range(20)]
+    surrogate = stripe_event("customer.created", {"id": "cus_s", "object": "customer"})
+    surrogate_body = json.dumps(surrogate).replace('"cus_s"', '"cus_\\ud800s"').encode()
+    nul_id = json.dumps(stripe_event(event_id="evt_\u0000nul")).encode()
+
+    async def post(body: bytes) -> httpx.Response:
+        return await app_client.post("/webhooks/stripe", content=body, headers=signed_headers(body))
+
+    bodies = [json.dumps(e).encode() for e in good] + [surrogate_body, nul_id]
+    responses = await asyncio.gather(*(post(b) for b in bodies))
+    statuses = [r.status_code for r in responses]
+    assert statuses[:21] == [200] * 21
+    assert statuses[21] == 400 and _error_code(responses[21]) == "invalid_event"
+    assert await count_events(session_factory) == 21
+    async with session_factory() as session:
+        stored = await session.get(StripeEvent, surrogate["id"])
+    assert stored is not None and stored.payload["data"]["object"]["id"] == "cus_?s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,24 @@ def _str_field(data: dict[str, Any], key: str, *, required: bool, max_len: int =
     value = data.get(key)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value or len(value) > max_len:
-        raise InvalidEventError(f"event field {key!r} must be a non-empty string")
+    if not isinstance(value, str) or not value or len(value) > max_len or not value.isprintable():
+        raise InvalidEventError(f"event field {key!r} must be a non-empty printable string")
+    return value
+
+
+# JSON escapes Postgres refuses in JSONB: NUL, and UTF-16 surrogates (lone ones are invalid;
+# pairs are fine but cheap to re-encode along with them).
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _storable(value: Any) -> Any:
+    """`value` with NUL characters dropped and lone surrogates replaced, recursively."""
+    if isinstance(value, str):
+        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
     return value
 
 
@@ -59,9 +76,10 @@ def parse_event(body: bytes) -> ParsedEvent:
     if not isinstance(inner, dict) or not isinstance(inner.get("object"), dict):
         raise InvalidEventError("event has no data.object")
     payload_json = body.decode()
-    if "\\u0000" in payload_json:
-        # Postgres JSONB cannot hold NUL characters; keep everything else intact.
-        payload_json = json.dumps(data).replace("\\u0000", "")
+    if _UNSTORABLE_ESCAPE.search(payload_json):
+        # Stored as close to the original as Postgres allows: one unstorable character must
+        # not fail the batch it shares a commit with (every request in it would get a 503).
+        payload_json = json.dumps(_storable(data), ensure_ascii=False)
     return ParsedEvent(
         id=_str_field(data, "id", required=True) or "",
         type=_str_field(data, "type", required=True) or "",
