@@ -1,0 +1,296 @@
+"""Sync benchmark: `make bench-sync` (see README, "Benchmarks").
+
+100,000 direct-mode contacts (implied consent) in 4 distinct list sets over 3 custom
+segments are inserted straight into a fresh PostgreSQL database of its own (server-side
+generate_series), then ONE sync job (`sync.tasks.sync_account_job`, exactly what the worker
+runs) pushes them to the local fake Constant Contact (tests/fakes/constant_contact.py, run
+as a process of its own) that enforces 4 requests/s per API key and takes a fixed time per
+imported row. Our side goes through the real shared Redis limiter at 4 requests/s.
+
+Reported (bench/results/sync.json and .md):
+- platform requests, excluding activity status polls: in total and per 1,000 contacts
+  (target: at most 10 in total: lists, custom fields and bulk imports, nothing per contact);
+- status polls, 429s received (must be 0: the limiter keeps us under the fake's limit);
+- wall time of the sync job, against the fake's own processing time for the imports
+  (rows x seconds per row + its fixed delay): the floor set by the platform (imports are
+  all started before any is awaited, so the platform works on them side by side);
+- peak RSS of the process running the sync (the setup is server-side SQL).
+
+Settings: STRIPESYNC_BENCH_DATABASE_URL (admin URL, default postgresql://postgres@127.0.0.1:5432/postgres),
+STRIPESYNC_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0). The database is dropped at
+the end (--keep to keep it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from stripesync.cli import migrate
+from stripesync.config import Settings, to_asyncpg_url
+from stripesync.db import create_engine, create_session_factory, transaction
+from stripesync.kit import crypto
+from stripesync.kit.queue import create_redis
+from stripesync.models import Account
+from stripesync.sync.tasks import sync_account_job
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+ACCOUNT = "acc_bench_sync"
+SEGMENTS = ("Bench A", "Bench B", "Bench C")
+# Contact g is in A always, plus B when g % 4 in (1, 3) and C when g % 4 in (2, 3):
+# 4 distinct list sets {A}, {A,B}, {A,C}, {A,B,C} of 25,000 contacts each.
+SETUP_SQL = [
+    """
+INSERT INTO contacts (account_id, email, name, email_domain, country, consent_state)
+SELECT :a, 'person' || g || '@d' || (g % 20) || '.example', 'Person ' || g,
+       'd' || (g % 20) || '.example', (ARRAY['US','CA','GB',NULL])[1 + g % 4], 'implied'
+FROM generate_series(1, :contacts) AS g
+""",
+    """
+INSERT INTO contact_segments (contact_id, segment_id)
+SELECT c.id, s.id FROM contacts c JOIN segments s ON s.account_id = c.account_id
+WHERE c.account_id = :a AND (
+    s.name = 'Bench A'
+    OR (s.name = 'Bench B' AND c.id % 4 IN (1, 3))
+    OR (s.name = 'Bench C' AND c.id % 4 IN (2, 3)))
+""",
+]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _start_fake(rps: int, seconds_per_row: float, completed_after: float) -> tuple[Any, str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.constant_contact",
+            "--port",
+            "0",
+            "--rps",
+            str(rps),
+            "--seconds-per-import-row",
+            str(seconds_per_row),
+            "--completed-after",
+            str(completed_after),
+            "--no-bodies",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"fake did not start: {line!r}")
+    return proc, line.split(" ", 1)[1]
+
+
+async def _setup(db_url: str, settings: Settings, contacts: int) -> None:
+    engine = create_engine(settings, pool_size=2)
+    factory = create_session_factory(engine)
+    async with transaction(factory) as session:
+        session.add(
+            Account(
+                id=ACCOUNT,
+                name="Bench shop",
+                owner_email="owner@bench.example",
+                cc_access_token_encrypted=crypto.encrypt(settings, "bench-access"),
+                cc_refresh_token_encrypted=crypto.encrypt(settings, "bench-refresh"),
+            )
+        )
+        await session.flush()
+        for name in SEGMENTS:
+            await session.execute(
+                text(
+                    "INSERT INTO segments (account_id, name, kind, rule)"
+                    " VALUES (:a, :n, 'custom', NULL)"
+                ),
+                {"a": ACCOUNT, "n": name},
+            )
+        for sql in SETUP_SQL:
+            await session.execute(text(sql), {"a": ACCOUNT, "contacts": contacts})
+    async with engine.connect() as conn:
+        await conn.execute(text("COMMIT"))
+        await conn.execute(text("VACUUM ANALYZE contacts"))
+        await conn.execute(text("VACUUM ANALYZE contact_segments"))
+    await engine.dispose()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    admin_url = to_asyncpg_url(args.database_url)
+    name = f"stripesync_bench_sync_{uuid.uuid4().hex[:8]}"
+    admin = make_url(admin_url)
+    conn = await asyncpg.connect(
+        host=admin.host, port=admin.port, user=admin.username, database=admin.database
+    )
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = admin.set(database=name).render_as_string(hide_password=False)
+    fake, fake_url = _start_fake(args.rps, args.seconds_per_row, args.completed_after)
+    try:
+        await asyncio.to_thread(migrate, db_url)
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=db_url,
+            redis_url=args.redis_url,
+            encryption_keys=Fernet.generate_key().decode(),
+            cc_api_base=fake_url,
+            cc_client_id=f"bench-{uuid.uuid4().hex[:8]}",  # a limiter budget of its own
+            cc_requests_per_second=args.rps,
+            log_level="WARNING",
+        )
+        t0 = time.monotonic()
+        await _setup(db_url, settings, args.contacts)
+        setup_seconds = time.monotonic() - t0
+        rss_before = _peak_rss_mb()
+
+        engine = create_engine(settings, pool_size=4)
+        redis = create_redis(args.redis_url)
+        async with httpx.AsyncClient() as http:
+            ctx = {
+                "settings": settings,
+                "session_factory": create_session_factory(engine),
+                "engine": engine,
+                "redis": redis,
+                "http": http,
+                "job_try": 1,
+            }
+            t0 = time.monotonic()
+            result = await sync_account_job(ctx, ACCOUNT, poll_interval=0.25)
+            wall = time.monotonic() - t0
+            requests = (await http.get(f"{fake_url}/_fake/requests")).json()
+            state = (await http.get(f"{fake_url}/_fake/state")).json()
+        await redis.aclose()
+        async with engine.connect() as conn2:
+            synced = await conn2.scalar(
+                text(
+                    "SELECT count(*) FROM contacts"
+                    " WHERE account_id = :a AND synced_version = version AND sync_state = 'ok'"
+                ),
+                {"a": ACCOUNT},
+            )
+        await engine.dispose()
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+        if not args.keep:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    polls = [r for r in requests if r["method"] == "GET" and "/activities/" in r["path"]]
+    calls = [r for r in requests if r not in polls]
+    by_path: dict[str, int] = {}
+    for r in calls:
+        key = f"{r['method']} {r['path']}"
+        by_path[key] = by_path.get(key, 0) + 1
+    imports = by_path.get("POST /v3/activities/contacts_json_import", 0)
+    # The fake works on activities side by side (each finishes its own time after it was
+    # accepted): the longest one is the floor; their sum is what a one-at-a-time run costs.
+    per_import = args.contacts / max(imports, 1) * args.seconds_per_row + args.completed_after
+    fake_sum = imports * args.completed_after + args.contacts * args.seconds_per_row
+    return {
+        "contacts": args.contacts,
+        "list_sets": 4,
+        "platform_requests_excluding_polls": len(calls),
+        "platform_requests_per_1000_contacts": round(len(calls) / (args.contacts / 1000), 3),
+        "requests_by_endpoint": by_path,
+        "status_polls": len(polls),
+        "responses_429": sum(1 for r in requests if r["status"] == 429),
+        "contacts_on_fake": state["contacts"],
+        "contacts_synced_ok": synced,
+        "job_result": result,
+        "wall_seconds": round(wall, 2),
+        "fake_processing_longest_import_seconds": round(per_import, 2),
+        "fake_processing_sum_seconds": round(fake_sum, 2),
+        "overhead_over_sum_seconds": round(wall - fake_sum, 2),
+        # Every request, polls included, shares the 4/s budget.
+        "rate_limit_floor_seconds": round((len(calls) + len(polls)) / args.rps, 2),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "rss_before_sync_mb": round(rss_before, 1),
+        "setup_seconds": round(setup_seconds, 2),
+        "fake": {
+            "requests_per_second": args.rps,
+            "seconds_per_import_row": args.seconds_per_row,
+            "completed_after": args.completed_after,
+        },
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+    }
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    rows = "\n".join(f"| `{k}` | {v} |" for k, v in sorted(r["requests_by_endpoint"].items()))
+    return f"""# Sync benchmark (`make bench-sync`)
+
+{r["contacts"]:,} direct-mode contacts (implied consent) in {r["list_sets"]} distinct list sets,
+one sync job, fake Constant Contact at {r["fake"]["requests_per_second"]} requests/s taking
+{r["fake"]["seconds_per_import_row"]} s per imported row + {r["fake"]["completed_after"]} s per
+activity.
+
+| measure | value |
+|---|---|
+| platform requests (excluding status polls) | **{r["platform_requests_excluding_polls"]}** |
+| per 1,000 contacts | {r["platform_requests_per_1000_contacts"]} |
+| status polls | {r["status_polls"]} |
+| 429 answers | {r["responses_429"]} |
+| contacts on the fake / synced ok | {r["contacts_on_fake"]:,} / {r["contacts_synced_ok"]:,} |
+| wall time of the sync job | {r["wall_seconds"]} s |
+| the fake's processing, longest import | {r["fake_processing_longest_import_seconds"]} s |
+| the fake's processing, all imports one after another | {r["fake_processing_sum_seconds"]} s |
+| all requests at the rate limit (another floor) | {r["rate_limit_floor_seconds"]} s |
+| peak RSS of the sync process | {r["peak_rss_mb"]} MB |
+| RSS before the sync | {r["rss_before_sync_mb"]} MB |
+
+| endpoint | requests |
+|---|---|
+{rows}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "STRIPESYNC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("STRIPESYNC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    )
+    parser.add_argument("--contacts", type=int, default=100_000)
+    parser.add_argument("--rps", type=int, default=4)
+    parser.add_argument("--seconds-per-row", type=float, default=0.0001)
+    parser.add_argument("--completed-after", type=float, default=1.0)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    out = ROOT / "results"
+    out.mkdir(exist_ok=True)
+    (out / "sync.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "sync.md").write_text(_markdown(result))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
