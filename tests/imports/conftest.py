@@ -66,6 +66,7 @@ class Env:
         *,
         mode: str = "direct",
         livemode: bool = False,
+        from_email: str = "hello@bluefern.example",
     ) -> tuple[int, str]:
         """An account with a connected Stripe account and its queued import job."""
         async with transaction(self.factory) as session:
@@ -76,8 +77,8 @@ class Env:
                         account_id=account_id,
                         subject="May we keep you updated?",
                         from_name="Blue Fern Pottery",
-                        from_email="hello@bluefern.example",
-                        reply_to="hello@bluefern.example",
+                        from_email=from_email,
+                        reply_to=from_email,
                         activated_at=datetime.now(UTC),
                         updated_at=datetime.now(UTC),
                     )
