@@ -189,8 +189,10 @@ async def test_import_killed_mid_way_resumes_to_the_same_state(
     k_count = sum(n for s, n in per_merchant.items() if "k@a.example" in s)
     w_count = sum(n for s, n in per_merchant.items() if "w@a.example" in s)
     assert w_count == await env.count(OptinEmail, account_id="acc_whole")
-    assert k_count == await env.count(OptinEmail, account_id="acc_killed", state="sent")
-    assert 0 < k_count <= w_count
+    # A message the killed worker wrote but could not mark sent stays `sending` (never
+    # resent): so at least the `sent` rows, at most one per row.
+    killed_sent = await env.count(OptinEmail, account_id="acc_killed", state="sent")
+    assert 0 < killed_sent <= k_count <= await env.count(OptinEmail, account_id="acc_killed")
 
 
 async def _at_least(check: Any, n: int) -> bool:

@@ -144,20 +144,30 @@ class ImportRun:
                 plan = initial_plan(
                     self.connection.mode, self.started_at, self.settings.import_windows_per_list
                 )
-                await self._fenced(session)
+                await self._check(session)
                 await repository.insert_windows(session, self.job.id, plan)
+                await self._fenced(session)
                 rows = await repository.windows(session, self.job.id)
         self.windows = [Window.from_row(row) for row in rows]
 
-    async def _fenced(self, session: Any, **values: Any) -> None:
-        """Inside a transaction: stop unless the connection is live and the lease ours."""
+    async def _check(self, session: Any) -> None:
+        """Stop early (no lock taken) unless the connection is live and the lease ours."""
         status = await repository.connection_status(session, self.connection.id)
         if status != ConnectionStatus.CONNECTED:
             raise ImportCancelled("the Stripe connection is no longer active")
+        job = await session.get(Job, self.job.id, populate_existing=True)
+        if job is None or job.state == JobState.CANCELLED:
+            raise ImportCancelled("the job was cancelled")
+        if job.lease_token != self.token:
+            raise LeaseLost(self.job.id)
+
+    async def _fenced(self, session: Any, **values: Any) -> None:
+        """Renew the lease inside the transaction that writes the job's effects, as its
+        LAST statement: the job row is locked only just before commit (a disconnect, which
+        locks the account and then the job, never waits on us while we wait on it), and a
+        page whose lease was lost or whose job was cancelled meanwhile rolls back."""
         if not await repository.renew(session, self.job.id, self.token, self.lease, **values):
-            job = await session.get(Job, self.job.id, populate_existing=True)
-            if job is not None and job.state == JobState.CANCELLED:
-                raise ImportCancelled("the job was cancelled")
+            await self._check(session)
             raise LeaseLost(self.job.id)
 
     async def _heartbeat(self) -> None:
@@ -206,8 +216,9 @@ class ImportRun:
             old.gte = cut  # from now on its reader stops at the cut (see _reader)
             self.windows.append(fresh)
             async with transaction(self.deps.session_factory) as session:
-                await self._fenced(session)
+                await self._check(session)
                 fresh.id = await repository.split_window(session, self.job.id, old.id, cut)
+                await self._fenced(session)
             return fresh
 
     async def _reader(self) -> None:
@@ -246,7 +257,7 @@ class ImportRun:
         ctx = ActivityContext.for_connection(self.connection, page.fetched_at)
         counts = Counter(window.counts)
         async with transaction(self.deps.session_factory) as session:
-            await self._fenced(session)
+            await self._check(session)
             counts.update(
                 await apply_objects(
                     session, ctx, window.resource, page.objects, job_started_at=self.started_at
@@ -262,19 +273,17 @@ class ImportRun:
                 counts=dict(counts),
             )
             # Committed with the page: the in-memory checkpoint follows only on success.
+            previous = (window.cursor, window.oldest_created, window.objects, window.pages)
             window.cursor, window.oldest_created = page.cursor, page.oldest
             window.objects += len(page.objects)
             window.pages += 1
+            try:
+                await self._fenced(session, progress=self.progress(), report=self.running_report())
+            except BaseException:
+                window.cursor, window.oldest_created, window.objects, window.pages = previous
+                raise
             window.done = page.done
             window.counts = dict(counts)
-            await repository.renew(
-                session,
-                self.job.id,
-                self.token,
-                self.lease,
-                progress=self.progress(),
-                report=self.running_report(),
-            )
 
     # --- opt-in mode: customers created earlier who paid in the last 6 months ---------------
 
@@ -296,7 +305,7 @@ class ImportRun:
             found = await asyncio.gather(*(self._customer_or_none(i) for i in ids))
             ctx = ActivityContext.for_connection(self.connection, utcnow())
             async with transaction(self.deps.session_factory) as session:
-                await self._fenced(session, progress=self.progress("recent_payers"))
+                await self._check(session)
                 objects = []
                 for customer_id, obj in zip(ids, found, strict=True):
                     if obj is None:
@@ -308,6 +317,9 @@ class ImportRun:
                 )
                 self.extra.update(counts)
                 self.extra["recent_payers"] += len(objects)
+                await self._fenced(
+                    session, progress=self.progress("recent_payers"), report=self.running_report()
+                )
 
     async def _customer_or_none(self, customer_id: str) -> dict[str, Any] | None:
         try:
@@ -337,7 +349,7 @@ class ImportRun:
             totals.update(window.counts)
         totals.pop("recent_payers", None)
         async with transaction(self.deps.session_factory) as session:
-            await self._fenced(session)
+            await self._check(session)
             report = build_report(
                 totals,
                 running=self.running_report(),
@@ -350,7 +362,7 @@ class ImportRun:
                 ),
             )
             done, _ = estimate(self.windows)
-            await repository.finish(
+            finished = await repository.finish(
                 session,
                 self.job.id,
                 self.token,
@@ -359,6 +371,9 @@ class ImportRun:
                 progress={"phase": "done", "done": done, "total": done},
                 notify=True,
             )
+            if not finished:
+                await self._check(session)
+                raise LeaseLost(self.job.id)
         log.info(
             "import_succeeded",
             job_id=self.job.id,
