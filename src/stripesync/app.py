@@ -14,6 +14,7 @@ from stripesync.activity import endpoints as activity_endpoints
 from stripesync.config import SERVE_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
 from stripesync.imports import endpoints as import_endpoints
+from stripesync.kit.bodylimit import BodySizeLimit
 from stripesync.kit.errors import install_error_handlers
 from stripesync.kit.queue import create_redis
 from stripesync.ops import endpoints as ops_endpoints
@@ -41,6 +42,8 @@ ROUTERS = (
     optin_pages.router,
     health.router,
 )
+
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -84,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     load_handlers()  # feature modules register hooks the API also runs (accounts.oauth)
     install_error_handlers(app)
+    # Every route refuses bodies over 1 MiB with 413 (the webhook caps lower itself).
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     for router in ROUTERS:
         app.include_router(router)
     return app

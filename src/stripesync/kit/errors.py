@@ -62,6 +62,12 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+        # FastAPI could not decode the JSON body (not UTF-8, nested deeper than the parser
+        # goes, an integer of over 4300 digits): for the contract that is a body failing
+        # validation like any other.
+        fields = [{"field": "body", "message": "not readable JSON (encoding or nesting)"}]
+        return error_response(422, "validation_error", "Invalid body", {"fields": fields})
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     response = error_response(exc.status_code, code, message)
