@@ -115,6 +115,26 @@ def cmd_recompute(args: argparse.Namespace) -> None:
     print(json.dumps(asyncio.run(run())))
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    """Start the account's historical import (or follow the one running) with a live bar."""
+    from stripesync.imports.cli import run_import
+
+    settings = Settings()
+    settings.require("database_url", "redis_url")
+    configure_logging(settings.log_format, "WARNING")
+    raise SystemExit(run_import(settings, args.account, follow_it=not args.no_follow))
+
+
+def cmd_jobs(args: argparse.Namespace) -> None:
+    """List jobs, newest first."""
+    from stripesync.imports.cli import list_jobs
+
+    settings = Settings()
+    settings.require("database_url")
+    configure_logging(settings.log_format, "WARNING")
+    list_jobs(settings, args.account, args.state, args.limit)
+
+
 def _dev_secrets(data_dir: Path) -> dict[str, str]:
     """Generated once into the data dir, so tokens stay the same across `dev` restarts."""
     from cryptography.fernet import Fernet
@@ -259,6 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     recompute = sub.add_parser("recompute", help="recompute segment memberships now")
     recompute.add_argument("--account", help="only this account id (default: every account)")
     recompute.set_defaults(func=cmd_recompute)
+
+    imp = sub.add_parser("import", help="start or follow an account's historical import")
+    imp.add_argument("--account", required=True, help="the platform account id")
+    imp.add_argument("--no-follow", action="store_true", help="start it and return")
+    imp.set_defaults(func=cmd_import)
+
+    jobs = sub.add_parser("jobs", help="list jobs (imports), newest first")
+    jobs.add_argument("--account", help="only this account's jobs")
+    jobs.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.set_defaults(func=cmd_jobs)
 
     dev = sub.add_parser("dev", help="embedded Postgres + Redis when unset, migrate, API + worker")
     dev.add_argument("--host", default="127.0.0.1")
