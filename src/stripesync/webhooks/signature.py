@@ -49,7 +49,8 @@ def verify_signature(
         raise SignatureError("no timestamp in signature header")
     if not candidates:
         raise SignatureError("no v1 signature in header")
-    if abs(now - timestamp) > tolerance:
+    # Compared, not subtracted: an int too large for a float must fail, not overflow.
+    if not now - tolerance <= timestamp <= now + tolerance:
         raise SignatureError("timestamp outside the tolerance")
 
     matched = False
