@@ -92,7 +92,16 @@ async def test_dashboard_of_a_new_account(app_client: httpx.AsyncClient) -> None
     await put_account(app_client)
     response = await app_client.get("/v1/accounts/acc_1", headers=platform_headers)
     assert response.status_code == 200
-    assert response.json() == {
+    body = response.json()
+    segments = body.pop("segments")
+    # The nine built-ins of segments.md, empty until contacts arrive.
+    assert [(s["key"], s["name"], s["member_count"]) for s in segments][:3] == [
+        ("all", "Stripe - All Customers", 0),
+        ("prospects", "Stripe - Prospects", 0),
+        ("first_time", "Stripe - First-time Customers", 0),
+    ]
+    assert len(segments) == 9 and all(s["member_count"] == 0 for s in segments)
+    assert body == {
         "account_id": "acc_1",
         "name": "Blue Fern Pottery",
         "owner_email": "owner@bluefern.example",
@@ -108,5 +117,4 @@ async def test_dashboard_of_a_new_account(app_client: httpx.AsyncClient) -> None
         },
         "import": None,
         "optin": {"sent": 0, "confirmed": 0, "declined": 0, "pending": 0},
-        "segments": [],
     }

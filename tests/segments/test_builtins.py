@@ -4,6 +4,7 @@ zero-decimal and several currencies, refunds only, the 30/120/90-day boundaries.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import time_machine
@@ -11,7 +12,7 @@ import time_machine
 from stripesync.db import SessionFactory, transaction
 from stripesync.segments.service import ensure_builtin_segments, recompute_account
 from tests.conftest import platform_headers
-from tests.segments.conftest import NOW, add_contact, counts, memberships
+from tests.segments.conftest import NOW, add_contact, counts, memberships, set_activity
 
 DAY = timedelta(days=1)
 EXPECTED = [
@@ -239,3 +240,26 @@ async def test_segment_endpoints_need_the_platform_token_and_a_known_account(
     assert (await app_client.get(f"/v1/accounts/{account}/segments")).status_code == 401
     response = await app_client.get("/v1/accounts/nobody/segments", headers=platform_headers)
     assert response.status_code == 404
+
+
+async def test_account_dashboard_counts_follow_each_change(
+    app_client: httpx.AsyncClient, session_factory: SessionFactory, account: str, frozen: Any
+) -> None:
+    from stripesync.activity.hooks import contacts_changed
+
+    async def dashboard_counts() -> dict[str, int]:
+        body = (await app_client.get(f"/v1/accounts/{account}", headers=platform_headers)).json()
+        return {s["key"]: s["member_count"] for s in body["segments"]}
+
+    assert (await dashboard_counts())["all"] == 0
+    contact_id = await add_contact(session_factory, purchase_count=1, last_purchase_at=NOW)
+    async with transaction(session_factory) as session:
+        await contacts_changed(session, account, [contact_id])
+    counts = await dashboard_counts()
+    assert (counts["all"], counts["first_time"], counts["recent"], counts["repeat"]) == (1, 1, 1, 0)
+
+    await set_activity(session_factory, contact_id, purchase_count=2)
+    async with transaction(session_factory) as session:
+        await contacts_changed(session, account, [contact_id])
+    counts = await dashboard_counts()
+    assert (counts["first_time"], counts["repeat"]) == (0, 1)

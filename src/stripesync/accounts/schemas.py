@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr
 
+from stripesync.segments.schemas import SegmentSummary
+
 
 class CcCredentialsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -66,13 +68,6 @@ class OptinCounts(BaseModel):
     confirmed: int = 0
     declined: int = 0
     pending: int = 0
-
-
-class SegmentSummary(BaseModel):
-    id: str
-    key: str | None
-    name: str
-    member_count: int
 
 
 class DashboardOut(BaseModel):

@@ -31,6 +31,7 @@ from stripesync.kit.clock import utcnow
 from stripesync.kit.tenancy import get_account
 from stripesync.models import Account, ConnectionStatus, StripeConnection
 from stripesync.optin.service import optin_counts
+from stripesync.segments.service import segments_summary
 
 log = structlog.get_logger(__name__)
 
@@ -159,8 +160,8 @@ async def optin_block(session: AsyncSession, account_id: str) -> OptinCounts:
 
 
 async def segments_block(session: AsyncSession, account_id: str) -> list[SegmentSummary]:
-    # The segments feature returns the account's segments with member counts here.
-    return []
+    """The account's segments with exact member counts (segments.service.segments_summary)."""
+    return await segments_summary(session, account_id)
 
 
 # --- DELETE /v1/accounts/{account_id}/stripe ---------------------------------------------------
