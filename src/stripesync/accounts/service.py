@@ -20,7 +20,6 @@ from stripesync.accounts.schemas import (
     DashboardOut,
     ImportBlock,
     OptinCounts,
-    SegmentSummary,
     StripeBlock,
 )
 from stripesync.clients.stripe import StripeClient, StripeError, StripeUnavailable
@@ -31,6 +30,7 @@ from stripesync.kit.clock import utcnow
 from stripesync.kit.tenancy import get_account
 from stripesync.models import Account, ConnectionStatus, StripeConnection
 from stripesync.optin.service import optin_counts
+from stripesync.segments.schemas import SegmentSummary
 from stripesync.segments.service import segments_summary
 
 log = structlog.get_logger(__name__)
