@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
+from tests.accounts.conftest import account, stripe_oauth  # noqa: F401 - fixtures used here too
+
 
 @dataclass(frozen=True)
 class Operation:

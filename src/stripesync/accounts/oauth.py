@@ -88,7 +88,10 @@ def import_job_id(account_id: str, connection_id: int) -> str:
 def return_url_allowed(settings: Settings, url: str) -> bool:
     """`url` starts with an allowed prefix AND the prefix ends at a URL boundary, so
     `http://localhost` does not admit `http://localhost.evil.example` or `...@evil`."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a netloc NFKC-normalising to separators (`localhost\uff03@evil`)
+        return False
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         return False
     for prefix in settings.allowed_return_url_prefixes:
