@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from tests.accounts.conftest import account, stripe_oauth  # noqa: F401 - fixtures used here too
+from tests.optin.conftest import mail_settings, smtp  # noqa: F401 - fixtures used here too
 
 
 @dataclass(frozen=True)

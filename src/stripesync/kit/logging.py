@@ -39,6 +39,13 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep libraries that log personal data or secrets at INFO/DEBUG below that, whatever
+    the root level: our own log lines name ids, theirs would name emails and tokens."""
     # Access logs carry query strings (OAuth codes, opt-in tokens): keep them out.
     logging.getLogger("uvicorn.access").disabled = True
+    # Request lines carry URLs with emails (`?email=`) and the OAuth code.
     logging.getLogger("httpx").setLevel(logging.WARNING)
