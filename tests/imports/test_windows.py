@@ -28,11 +28,20 @@ def test_plan_covers_all_history_and_optin_customers_only_six_months() -> None:
 
 
 def test_split_cuts_below_what_was_read_and_leaves_no_gap() -> None:
-    read = Window(id=1, resource="charges", gte=0, lt=1000, claimed=True, fetch_oldest=800)
-    idle = Window(id=2, resource="charges", gte=1000, lt=1100, claimed=True, fetch_oldest=1090)
+    # 400 objects in the last 200 s: about 1,600 left in the 800 s below.
+    read = Window(
+        id=1, resource="charges", gte=0, lt=1000, claimed=True, fetch_oldest=800, fetched=400
+    )
+    idle = Window(
+        id=2, resource="charges", gte=1000, lt=1100, claimed=True, fetch_oldest=1090, fetched=5
+    )
     assert next_to_claim([read, idle]) is None
     chosen = split_point([read, idle])
     assert chosen == (read, 400)
+    sparse = Window(
+        id=4, resource="charges", gte=0, lt=1000, claimed=True, fetch_oldest=800, fetched=20
+    )
+    assert split_point([sparse]) is None  # ~80 left: not worth a window of its own
     done = Window(id=3, resource="charges", gte=0, lt=100, claimed=True, fetch_done=True)
     assert split_point([done]) is None
 

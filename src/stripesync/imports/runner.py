@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from stripesync.config import Settings
 from stripesync.db import SessionFactory, transaction
 from stripesync.imports import repository
 from stripesync.imports.applying import apply_objects
-from stripesync.imports.reading import StripeReader, stripe_budget
+from stripesync.imports.reading import BUDGET_MARGIN_SECONDS, StripeReader, stripe_budget
 from stripesync.imports.windows import (
     OPTIN_CUSTOMER_DAYS,
     Window,
@@ -58,6 +59,8 @@ from stripesync.models import (
 log = structlog.get_logger(__name__)
 
 PAYER_BATCH = 100
+# Pages already waiting join the open transaction while it is younger than this.
+BATCH_SECONDS = 0.25
 
 
 class LeaseLost(Exception):
@@ -86,6 +89,14 @@ class Page:
     fetched_at: datetime
 
 
+def _position(window: Window) -> tuple[str | None, int | None, int, int]:
+    return window.cursor, window.oldest_created, window.objects, window.pages
+
+
+def _restore(window: Window, position: tuple[str | None, int | None, int, int]) -> None:
+    window.cursor, window.oldest_created, window.objects, window.pages = position
+
+
 def budget_name(connection: StripeConnection) -> str:
     return f"stripe:{connection.stripe_account_id}:{'live' if connection.livemode else 'test'}"
 
@@ -106,6 +117,7 @@ class ImportRun:
             deps.redis,
             budget_name(connection),
             per_second=stripe_budget(self.settings, connection.livemode),
+            margin_seconds=BUDGET_MARGIN_SECONDS,
             api="stripe",
         )
         self.reader = StripeReader(
@@ -237,6 +249,7 @@ class ImportRun:
                     window.fetch_cursor = page.last_id
                 if kept:
                     window.fetch_oldest = int(kept[-1]["created"])
+                window.fetched += len(kept)
                 await self.queue.put(
                     Page(
                         window=window,
@@ -250,40 +263,64 @@ class ImportRun:
 
     async def _applier(self) -> None:
         while (page := await self.queue.get()) is not None:
-            await self._apply(page)
+            if not await self._apply_batch(page):
+                return
 
-    async def _apply(self, page: Page) -> None:
-        window = page.window
-        ctx = ActivityContext.for_connection(self.connection, page.fetched_at)
-        counts = Counter(window.counts)
+    async def _apply_objects(
+        self, session: Any, ctx: ActivityContext, resource: str, objects: list[dict[str, Any]]
+    ) -> Counter[str]:
+        return await apply_objects(session, ctx, resource, objects, job_started_at=self.started_at)
+
+    async def _apply_batch(self, first: Page) -> bool:
+        """Apply `first` and, while the transaction is younger than BATCH_SECONDS, the pages
+        already waiting, each with its window's checkpoint, in ONE transaction: cheap pages
+        share a commit, an expensive page (the usual case) gets its own. Answers False when
+        it took the end-of-input marker off the queue."""
+        more = True
+        batch: list[Page] = []
+        counts: dict[int, Counter[str]] = {}
+        started = time.monotonic()
         async with transaction(self.deps.session_factory) as session:
             await self._check(session)
-            counts.update(
-                await apply_objects(
-                    session, ctx, window.resource, page.objects, job_started_at=self.started_at
+            page: Page | None = first
+            while page is not None:
+                window = page.window
+                window_counts = counts.setdefault(window.id, Counter(window.counts))
+                ctx = ActivityContext.for_connection(self.connection, page.fetched_at)
+                window_counts.update(
+                    await self._apply_objects(session, ctx, window.resource, page.objects)
                 )
-            )
-            await repository.checkpoint(
-                session,
-                window.id,
-                cursor=page.cursor,
-                oldest_created=page.oldest,
-                objects=len(page.objects),
-                done=page.done,
-                counts=dict(counts),
-            )
-            # Committed with the page: the in-memory checkpoint follows only on success.
-            previous = (window.cursor, window.oldest_created, window.objects, window.pages)
-            window.cursor, window.oldest_created = page.cursor, page.oldest
-            window.objects += len(page.objects)
-            window.pages += 1
+                await repository.checkpoint(
+                    session,
+                    window.id,
+                    cursor=page.cursor,
+                    oldest_created=page.oldest,
+                    objects=len(page.objects),
+                    done=page.done,
+                    counts=dict(window_counts),
+                )
+                batch.append(page)
+                page = None
+                if time.monotonic() - started < BATCH_SECONDS and not self.queue.empty():
+                    page = self.queue.get_nowait()
+                    more = page is not None
+            # The in-memory checkpoints follow the commit: tentatively for the progress
+            # written with it, undone if the lease turns out lost.
+            before = {p.window.id: _position(p.window) for p in batch}
+            for p in batch:
+                p.window.cursor, p.window.oldest_created = p.cursor, p.oldest
+                p.window.objects += len(p.objects)
+                p.window.pages += 1
             try:
                 await self._fenced(session, progress=self.progress(), report=self.running_report())
             except BaseException:
-                window.cursor, window.oldest_created, window.objects, window.pages = previous
+                for p in batch:
+                    _restore(p.window, before[p.window.id])
                 raise
-            window.done = page.done
-            window.counts = dict(counts)
+            for p in batch:
+                p.window.done = p.done
+                p.window.counts = dict(counts[p.window.id])
+        return more
 
     # --- opt-in mode: customers created earlier who paid in the last 6 months ---------------
 

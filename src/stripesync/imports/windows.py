@@ -22,8 +22,10 @@ from stripesync.models import ConnectionMode, ImportWindow
 HISTORY_START = 1_293_840_000  # 2011-01-01T00:00:00Z
 # Opt-in mode reads customers created in the last 6 months (optin.service.ELIGIBLE_DAYS).
 OPTIN_CUSTOMER_DAYS = 183
-# A window is not split below this span: tiny windows cost a request each for nothing.
+# A window is split only when what is left of it likely fills a few pages on each side:
+# every window costs at least one request, so tiny windows waste the budget.
 MIN_SPLIT_SECONDS = 60
+MIN_SPLIT_OBJECTS = 400
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Window:
     fetch_cursor: str | None = None
     fetch_oldest: int | None = None
     fetch_done: bool = False
+    fetched: int = 0
 
     @classmethod
     def from_row(cls, row: ImportWindow) -> Window:
@@ -92,6 +95,13 @@ class Window:
         """Seconds of the window the reader has not reached yet."""
         upper = self.fetch_oldest if self.fetch_oldest is not None else self.lt
         return max(0, upper - self.gte)
+
+    def unread_estimate(self) -> float:
+        """Objects likely left in the unread span, at the density read so far."""
+        if self.fetch_oldest is None or not self.fetched:
+            return 0.0
+        density = self.fetched / max(1, self.lt - self.fetch_oldest)
+        return density * self.unread_span()
 
 
 def initial_plan(
@@ -131,7 +141,8 @@ def next_to_claim(windows: list[Window]) -> Window | None:
 
 
 def split_point(windows: list[Window]) -> tuple[Window, int] | None:
-    """The claimed window with the most unread time and where to cut it, if any is worth it.
+    """The claimed window with the most objects likely left and where to cut it, if that
+    is worth a window of its own.
 
     The cut lies strictly below everything its reader fetched so far, so the pages already
     read (and maybe not yet applied) all stay in the old window's part.
@@ -139,8 +150,8 @@ def split_point(windows: list[Window]) -> tuple[Window, int] | None:
     busy = [w for w in windows if w.claimed and not w.fetch_done]
     if not busy:
         return None
-    widest = max(busy, key=lambda w: w.unread_span())
-    if widest.unread_span() < MIN_SPLIT_SECONDS:
+    widest = max(busy, key=lambda w: w.unread_estimate())
+    if widest.unread_estimate() < MIN_SPLIT_OBJECTS or widest.unread_span() < MIN_SPLIT_SECONDS:
         return None
     upper = widest.fetch_oldest if widest.fetch_oldest is not None else widest.lt
     return widest, (widest.gte + upper) // 2
