@@ -123,8 +123,12 @@ def mutated_bodies(draw: Any) -> bytes:
         body = body[:-1] + b', "' + key.encode() + b'": ' + value + b"}"
     elif kind == "unicode":
         text = draw(odd_text).encode("utf-8", "surrogatepass")
-        i = body.index(b'"type": "') + len(b'"type": "')
-        body = body[:i] + text + body[i:]
+        at = body.find(b'"type": "')  # absent when `type` was given another JSON type
+        if at == -1:
+            body = body[:-1] + b', "note": "' + text + b'"}'
+        else:
+            i = at + len(b'"type": "')
+            body = body[:i] + text + body[i:]
     elif kind == "deep":
         depth = draw(st.sampled_from([50, 999, 1001, 10_000, 100_000]))
         nested = b"[" * depth + b"]" * depth
