@@ -1,4 +1,4 @@
-"""`stripesync serve | worker | migrate | dev`."""
+"""The `stripesync` command: serve, worker, migrate, dev and the operator tools."""
 
 from __future__ import annotations
 
