@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 PYTHON ?= python3
 
-.PHONY: dev test test-e2e lint fmt openapi venv bench-ingest bench-segments bench-sync bench-imports clean
+.PHONY: dev test test-e2e lint fmt openapi venv bench-ingest bench-segments bench-sync bench-soak bench-imports clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ dev: venv
 
 test: venv
 	$(PY) -m pytest
+
+# The long end-to-end scenarios and every fault of the Reliability table (tests/e2e, marked
+# e2e; `make test` leaves them out and runs the short smoke scenario): ~10 minutes.
+test-e2e: venv
+	$(PY) -m pytest -m e2e tests/e2e
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench migrations
@@ -48,6 +53,11 @@ bench-sync: venv
 # bench/results/imports.json and imports.md.
 bench-imports: venv
 	$(PY) bench/imports.py
+
+# Steady webhook load through the real processes (default 20 minutes; not in CI):
+# bench/results/soak.json and soak.md. Shorter: make bench-soak SOAK_ARGS="--minutes 2"
+bench-soak: venv
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -285,6 +285,8 @@ class World:
         self.api: httpx.AsyncClient | None = None
         self._db_name = f"stripesync_e2e_{uuid.uuid4().hex[:8]}"
         self.timings: dict[str, float] = {}
+        self.supervising = True
+        self.redis_restarts = 0
 
     # --- start and stop ---
 
@@ -316,6 +318,7 @@ class World:
         self.worker = Proc("worker", ["worker"], env, self.dir / "worker.log")
         self.serve.start()
         self.worker.start()
+        threading.Thread(target=self._supervise, daemon=True).start()
         self.api = httpx.AsyncClient(base_url=self.base, timeout=30)
         await wait_for(self._healthy, 60, "the API to answer /healthz", every=0.2)
         self.timings["start"] = time.monotonic() - started
@@ -363,6 +366,17 @@ class World:
         base = {k: v for k, v in os.environ.items() if not k.startswith("STRIPESYNC_")}
         return {**base, **values}
 
+    def _supervise(self) -> None:
+        """Restart a process that exited, as the deployment's supervisor does
+        (docker-compose `restart: unless-stopped`): e.g. the worker exits when Redis goes."""
+        while self.supervising:
+            for proc in (self.serve, self.worker):
+                if self.supervising and proc is not None and not proc.alive():
+                    time.sleep(1.0)
+                    if self.supervising:
+                        proc.start()
+            time.sleep(0.5)
+
     async def _healthy(self) -> bool:
         assert self.api is not None and self.serve is not None
         if not self.serve.alive():
@@ -373,6 +387,7 @@ class World:
             return False
 
     async def stop(self) -> None:
+        self.supervising = False
         self.stripe.paused = True
         for proc in (self.worker, self.serve):
             if proc is not None:
@@ -409,12 +424,17 @@ class World:
     # --- faults ---
 
     def restart_postgres(self, down_seconds: float) -> None:
+        from pgserver.postgres_server import PostgresServer
+
         assert self.admin_url is None, "only a test-owned Postgres can be restarted"
         stop_postgres(self.pg_dir)
+        # pgserver caches a handle per data dir and would not start the stopped server.
+        PostgresServer._instances.pop(self.pg_dir.resolve(), None)
         time.sleep(down_seconds)
         start_postgres(self.pg_dir)
 
     def restart_redis_empty(self, down_seconds: float = 1.0) -> None:
+        self.redis_restarts += 1
         self.redis.stop()
         for leftover in self.redis.directory.glob("*.rdb"):
             leftover.unlink()
@@ -529,6 +549,7 @@ class World:
             r = await self.http.post(f"/optin/{token}/{answer}")
             assert r.status_code == 200, r.text
             answered[rcpt] = answer
+        m.answered.update(answered)
         return answered
 
     # --- the end state ---
@@ -635,6 +656,9 @@ class World:
             }
         summary["delivery"] = self.stripe.delivery_report()
         summary["platform_throttled"] = self.platform.throttled
+        summary["process_starts"] = {
+            p.name: p.starts for p in (self.serve, self.worker) if p is not None
+        }
         return summary
 
 

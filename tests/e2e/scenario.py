@@ -59,6 +59,8 @@ class Merchant:
     phase_b: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)  # final state by id
     charge_email: dict[str, str] = field(default_factory=dict)
+    phase_b_charges: set[str] = field(default_factory=set)
+    answered: dict[str, str] = field(default_factory=dict)  # what people actually answered
 
     @property
     def cc_token(self) -> str:
@@ -69,8 +71,12 @@ class Merchant:
 
     # --- expectations ----------------------------------------------------------------------
 
-    def activity(self, email: str, now: float) -> dict[str, Any]:
-        mine = [c for cid, c in self.charges.items() if self.charge_email[cid] == email]
+    def activity(self, email: str, now: float, *, before_b: bool = False) -> dict[str, Any]:
+        mine = [
+            c
+            for cid, c in self.charges.items()
+            if self.charge_email[cid] == email and not (before_b and cid in self.phase_b_charges)
+        ]
         succeeded = [c for c in mine if c["status"] == "succeeded"]
         counted = [c for c in succeeded if c["amount_refunded"] < c["amount"]]
         failed = [c for c in mine if c["status"] == "failed"]
@@ -87,14 +93,15 @@ class Merchant:
             "refunded": any(c["amount_refunded"] > 0 for c in succeeded),
         }
 
-    def optin_eligible(self, email: str, now: float) -> bool:
+    def optin_eligible(self, email: str, now: float, *, before_b: bool = False) -> bool:
         """Gets the one email: a customer created, or a purchase counted, in the last 183 days
-        (refunds in this scenario never take away the purchase that made someone eligible)."""
+        (refunds in this scenario never take away the purchase that made someone eligible).
+        `before_b`: as of the end of phase A (phase B's payments make more people eligible)."""
         since = now - OPTIN_ELIGIBLE_DAYS * DAY
         person = self.people[email]
         if person.customers and min(person.customers.values()) >= since:
             return True
-        act = self.activity(email, now)
+        act = self.activity(email, now, before_b=before_b)
         return act["last_purchase_at"] is not None and act["last_purchase_at"] >= since
 
     def permitted(self, now: float) -> set[str]:
@@ -102,11 +109,7 @@ class Merchant:
         only those who confirmed the opt-in email in opt-in mode."""
         if self.mode == "direct":
             return set(self.people)
-        return {
-            e
-            for e, p in self.people.items()
-            if p.answer == "confirm" and self.optin_eligible(e, now)
-        }
+        return {e for e, answer in self.answered.items() if answer == "confirm"}
 
     def expected_lists(self, now: float) -> dict[str, set[str]]:
         lists: dict[str, set[str]] = {name: set() for name in LIST_NAMES.values()}
@@ -224,5 +227,7 @@ def build_merchant(
     for email, person in m.people.items():
         if rng.random() < 0.3 * live_share:
             cid = next(iter(person.customers), None)
-            m.phase_b.append(("charge.succeeded", new_charge(email, cid, live_time(1200))))
+            obj = new_charge(email, cid, live_time(1200))
+            m.phase_b.append(("charge.succeeded", obj))
+            m.phase_b_charges.add(obj["id"])
     return m
