@@ -30,6 +30,9 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=5,
+        # Errors name the statement but not its parameters (emails, ciphertexts): they
+        # end up in logged tracebacks.
+        hide_parameters=True,
         # Fail fast when Postgres is down, so callers answer 503 instead of hanging.
         connect_args={"timeout": 5, "command_timeout": 30},
     )

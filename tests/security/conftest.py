@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from tests.accounts.conftest import account, stripe_oauth  # noqa: F401 - fixtures used here too
 from tests.optin.conftest import mail_settings, smtp  # noqa: F401 - fixtures used here too
+from tests.security.seed import RETURN_URL, Seeded
 
 
 @dataclass(frozen=True)
@@ -38,3 +40,31 @@ def operations(app: FastAPI) -> list[Operation]:
         for method in sorted(route.methods - {"HEAD"}):
             found.append(Operation(method, route.path, route.body_field is not None))
     return found
+
+
+RULE = {"field": "purchase_count", "op": "gte", "value": 1}
+
+
+def bodies(b: Seeded) -> dict[str, dict[str, Any]]:
+    """A valid body per JSON route template; pointed at B wherever the body names something."""
+    return {
+        "PUT /v1/accounts/{account_id}": {"name": "A renamed", "owner_email": "o@acc-a.example"},
+        "POST /v1/accounts/{account_id}/contacts/unsubscribed": {"email": b.email},
+        "POST /v1/accounts/{account_id}/stripe/connect": {
+            "mode": "direct",
+            "prior_consent_affirmed": True,
+            "affirmed_by": "user-1",
+            "return_url": RETURN_URL,
+        },
+        "POST /v1/accounts/{account_id}/segments": {"name": "A's new", "rule": RULE},
+        "POST /v1/accounts/{account_id}/segments/preview": {"rule": RULE},
+        "PUT /v1/accounts/{account_id}/segments/{segment_id}": {"name": "hijacked", "rule": RULE},
+        "PUT /v1/accounts/{account_id}/segment-settings": {"recent_days": 7},
+        "PUT /v1/accounts/{account_id}/optin-email": {
+            "subject": "Hello",
+            "from_name": "A",
+            "from_email": "from@acc-a.example",
+            "reply_to": "reply@acc-a.example",
+            "intro": "Hi",
+        },
+    }

@@ -25,8 +25,8 @@ from stripesync.config import Settings
 from stripesync.db import SessionFactory
 from stripesync.models import Base
 from tests.conftest import ops_headers, platform_headers
-from tests.security.conftest import Operation, operations
-from tests.security.seed import RETURN_URL, Seeded, fake_stripe_oauth, seed_account
+from tests.security.conftest import Operation, bodies, operations
+from tests.security.seed import Seeded, fake_stripe_oauth, seed_account
 
 APP = create_app(Settings())
 ACCOUNT_ROUTES = [op for op in operations(APP) if op.path.startswith("/v1/accounts/{account_id}")]
@@ -36,33 +36,6 @@ OPS_ROUTES = [op for op in operations(APP) if op.path.startswith(("/v1/jobs", "/
 PUBLIC_PREFIXES = ("/webhooks/stripe", "/oauth/stripe/callback", "/optin/")
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"}
 PUBLIC_PATHS |= {"/docs/oauth2-redirect"}
-
-RULE = {"field": "purchase_count", "op": "gte", "value": 1}
-
-
-def bodies(b: Seeded) -> dict[str, dict[str, Any]]:
-    """A valid body per JSON route template; pointed at B wherever the body names something."""
-    return {
-        "PUT /v1/accounts/{account_id}": {"name": "A renamed", "owner_email": "o@acc-a.example"},
-        "POST /v1/accounts/{account_id}/contacts/unsubscribed": {"email": b.email},
-        "POST /v1/accounts/{account_id}/stripe/connect": {
-            "mode": "direct",
-            "prior_consent_affirmed": True,
-            "affirmed_by": "user-1",
-            "return_url": RETURN_URL,
-        },
-        "POST /v1/accounts/{account_id}/segments": {"name": "A's new", "rule": RULE},
-        "POST /v1/accounts/{account_id}/segments/preview": {"rule": RULE},
-        "PUT /v1/accounts/{account_id}/segments/{segment_id}": {"name": "hijacked", "rule": RULE},
-        "PUT /v1/accounts/{account_id}/segment-settings": {"recent_days": 7},
-        "PUT /v1/accounts/{account_id}/optin-email": {
-            "subject": "Hello",
-            "from_name": "A",
-            "from_email": "from@acc-a.example",
-            "reply_to": "reply@acc-a.example",
-            "intro": "Hi",
-        },
-    }
 
 
 def b_ids(b: Seeded) -> dict[str, str]:

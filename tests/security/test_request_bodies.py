@@ -4,15 +4,18 @@ every route that takes a JSON body (found in the app's route table), never with 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
+import respx
 
 from stripesync.app import MAX_BODY_BYTES, create_app
 from stripesync.config import Settings
 from tests.conftest import platform_headers
-from tests.security.conftest import Operation, operations
+from tests.security.conftest import Operation, bodies, operations
+from tests.security.seed import fake_stripe_oauth, seed_account
 
 JSON_ROUTES = [op for op in operations(create_app(Settings())) if op.has_json_body]
 ACCOUNT = "acc_bodies"
@@ -36,6 +39,13 @@ async def client(app_client: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClie
     put = await app_client.put(f"/v1/accounts/{ACCOUNT}", json=body, headers=platform_headers)
     assert put.status_code == 201
     yield app_client
+
+
+@pytest.fixture
+def outside() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        fake_stripe_oauth(router)
+        yield router
 
 
 def test_the_route_table_has_json_routes() -> None:
@@ -147,3 +157,45 @@ async def test_nested_unreadable_and_odd_json_is_refused_without_a_500(
             # Unreadable JSON is a body failing validation: the documented 422.
             assert response.status_code == 422, name
             assert response.json()["error"]["code"] == "validation_error"
+
+
+def _with_text(body: Any, text: str) -> list[Any]:
+    """Copies of `body`, each with `text` put into one of its strings (keys kept)."""
+    if isinstance(body, str):
+        return [body[:1] + text + body[1:], text]
+    if isinstance(body, dict):
+        out = []
+        for key, value in body.items():
+            out += [{**body, key: v} for v in _with_text(value, text)]
+        return out
+    if isinstance(body, list):
+        return [
+            [*body[:i], v, *body[i + 1 :]]
+            for i, item in enumerate(body)
+            for v in _with_text(item, text)
+        ]
+    return []
+
+
+async def test_nul_and_lone_surrogates_in_any_string_are_refused_without_a_500(
+    app_client: httpx.AsyncClient, worker_ctx: dict[str, Any], outside: respx.MockRouter
+) -> None:
+    # Postgres text holds neither NUL nor unpaired surrogates; JSON can carry both.
+    seeded = await seed_account(app_client, worker_ctx, "acc_text")
+    known = bodies(seeded)
+    ids = {"account_id": seeded.account_id, "segment_id": seeded.segment_id}
+    for op in JSON_ROUTES:
+        if not op.path.startswith("/v1/accounts/"):
+            continue
+        assert op.label in known, f"{op.label}: add a valid body to conftest.bodies()"
+        path = op.path.format(**ids)
+        for text in ("\u0000", "\ud800", "a\udfffb"):
+            for body in _with_text(known[op.label], text):
+                content = json.dumps(body).encode()  # ascii: surrogates as \\u escapes
+                response = await app_client.request(
+                    op.method,
+                    path,
+                    content=content,
+                    headers={**platform_headers, "Content-Type": "application/json"},
+                )
+                assert response.status_code < 500, (op.label, body, response.text[:300])

@@ -221,3 +221,23 @@ async def test_no_token_or_email_in_logs_and_no_token_in_a_database_dump(
         assert email.lower() not in decoded, f"{email} in the logs"
     leaked = sorted(set(EMAIL_RE.findall(logs + "\n" + unquote_plus(logs))))
     assert leaked == [], f"email addresses in the logs: {leaked}"
+
+
+async def test_database_errors_never_carry_statement_parameters(settings: Settings) -> None:
+    # Unexpected errors are logged with their traceback; the message must not hold the
+    # values of the statement (emails, ciphertexts).
+    from sqlalchemy import text as sql
+    from sqlalchemy.exc import DBAPIError
+
+    from stripesync.db import create_engine
+
+    engine = create_engine(settings, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError) as caught:
+                statement = sql("SELECT CAST(:value AS text), 1 / 0")  # fails on the server
+                await conn.execute(statement, {"value": "x@leak.example"})
+    finally:
+        await engine.dispose()
+    assert "x@leak.example" not in str(caught.value)
+    assert "parameters hidden" in str(caught.value)

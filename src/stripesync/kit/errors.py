@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,30 @@ def route_template(request: Request) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
+# SQLSTATEs of text Postgres cannot hold: NUL (22021), an escape it cannot store (22P05).
+_UNSTORABLE_TEXT = {"22021", "22P05"}
+
+
+def _unstorable_text(exc: BaseException) -> bool:
+    """JSON can carry NUL and unpaired surrogates; Postgres text cannot hold them."""
+    for error in (exc, exc.__cause__, getattr(exc, "orig", None)):
+        if isinstance(error, UnicodeEncodeError):
+            return True
+        driver = getattr(error, "driver_exception", None)
+        if getattr(driver, "sqlstate", None) in _UNSTORABLE_TEXT:
+            return True
+    return False
+
+
+async def _statement_error(request: Request, exc: Exception) -> JSONResponse:
+    if _unstorable_text(exc):
+        # Bad input the validators let through: refused like any invalid field.
+        message = "Text must not contain NUL characters or unpaired surrogates."
+        fields = [{"field": "body", "message": message}]
+        return error_response(422, "validation_error", message, {"fields": fields})
+    return await _unexpected(request, exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Operators get the trace in the log; callers never do.
     log.exception("unhandled_error", route=route_template(request), method=request.method)
@@ -100,4 +125,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StatementError, _statement_error)
     app.add_exception_handler(Exception, _unexpected)
