@@ -32,6 +32,57 @@ class ImportBatch(Generic[K]):
     size: int = 0  # encoded bytes of the whole request body
 
 
+class ImportBatcher(Generic[K]):
+    """Builds import batches incrementally: `add` one row at a time (its encoded size is
+    measured once) and get back the batches that just filled; `flush` the rest at the end.
+
+    A batch holds rows for one identical list set, at most `max_contacts` of them, and its
+    request body stays under `max_bytes`.
+    """
+
+    def __init__(
+        self, *, max_contacts: int = MAX_IMPORT_CONTACTS, max_bytes: int = MAX_IMPORT_BYTES
+    ) -> None:
+        self.max_contacts = max_contacts
+        self.max_bytes = max_bytes
+        self._open: dict[tuple[str, ...], ImportBatch[K]] = {}
+        self._empty: dict[tuple[str, ...], int] = {}
+
+    def add(self, key: K, list_ids: Sequence[str], row: Mapping[str, str]) -> list[ImportBatch[K]]:
+        lists = tuple(sorted(set(list_ids)))
+        empty = self._empty.get(lists)
+        if empty is None:
+            empty = self._empty[lists] = len(encode_import_body([], lists))
+        row_size = len(_encode_row(row))
+        if empty + row_size >= self.max_bytes:
+            raise ValueError("one contact's row alone is too large to import")
+        batch = self._open.get(lists)
+        full: list[ImportBatch[K]] = []
+        if batch is not None and (
+            len(batch.rows) >= self.max_contacts or batch.size + 1 + row_size >= self.max_bytes
+        ):
+            full.append(batch)
+            batch = None
+        if batch is None:
+            batch = self._open[lists] = ImportBatch[K](lists, size=empty)
+        else:
+            row_size += 1  # the comma between rows
+        batch.keys.append(key)
+        batch.rows.append(row)
+        batch.size += row_size
+        return full
+
+    def flush(self) -> list[ImportBatch[K]]:
+        """The batches still open (each non-empty), in the order their list sets appeared."""
+        batches = [b for b in self._open.values() if b.rows]
+        self._open.clear()
+        return batches
+
+
+def _encode_row(row: Mapping[str, str]) -> bytes:
+    return json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def import_batches(
     items: Iterable[tuple[K, Sequence[str], Mapping[str, str]]],
     *,
@@ -40,30 +91,11 @@ def import_batches(
 ) -> list[ImportBatch[K]]:
     """Group (key, list ids, row) by identical list sets, then cut each group into batches
     of at most `max_contacts` rows whose request body stays under `max_bytes`."""
-    groups: dict[tuple[str, ...], list[tuple[K, Mapping[str, str]]]] = defaultdict(list)
-    for key, list_ids, row in items:
-        groups[tuple(sorted(set(list_ids)))].append((key, row))
+    batcher = ImportBatcher[K](max_contacts=max_contacts, max_bytes=max_bytes)
     batches: list[ImportBatch[K]] = []
-    for list_ids, members in groups.items():
-        empty = len(encode_import_body([], list_ids))
-        batch = ImportBatch[K](list_ids, size=empty)
-        for key, row in members:
-            row_size = len(json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode())
-            row_size += 1 if batch.rows else 0  # the comma between rows
-            if batch.rows and (
-                len(batch.rows) >= max_contacts or batch.size + row_size >= max_bytes
-            ):
-                batches.append(batch)
-                batch = ImportBatch[K](list_ids, size=empty)
-                row_size -= 1
-            if empty + row_size >= max_bytes:
-                raise ValueError("one contact's row alone is too large to import")
-            batch.keys.append(key)
-            batch.rows.append(row)
-            batch.size += row_size
-        if batch.rows:
-            batches.append(batch)
-    return batches
+    for key, list_ids, row in items:
+        batches.extend(batcher.add(key, list_ids, row))
+    return batches + batcher.flush()
 
 
 def membership_batches(

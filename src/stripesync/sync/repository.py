@@ -5,19 +5,22 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Row,
     String,
     any_,
     bindparam,
     case,
+    func,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.models import (
@@ -53,6 +56,52 @@ async def lagging_contacts(
         .limit(limit)
     )
     return (await session.scalars(stmt)).all()
+
+
+async def lagging_chunk(
+    session: AsyncSession, account_id: str, now: datetime, after_id: int, limit: int
+) -> Sequence[Row[Any]]:
+    """The next `limit` lagging contacts with id above `after_id` (keyset order), as plain
+    rows of only what a push needs, each with its desired platform lists (`desired`)."""
+    desired = (
+        select(
+            func.array_agg(aggregate_order_by(Segment.platform_list_id, Segment.platform_list_id))
+        )
+        .select_from(ContactSegment)
+        .join(Segment, Segment.id == ContactSegment.segment_id)
+        .where(
+            ContactSegment.contact_id == Contact.id,
+            Segment.platform_list_id.is_not(None),
+            Segment.platform_list_id != "",
+            Segment.deleted_at.is_(None),
+        )
+        .scalar_subquery()
+    )
+    stmt = (
+        select(
+            Contact.id,
+            Contact.version,
+            Contact.consent_state,
+            Contact.email,
+            Contact.name,
+            Contact.country,
+            Contact.purchase_count,
+            Contact.total_spent,
+            Contact.last_purchase_at,
+            Contact.synced_lists,
+            Contact.platform_contact_id,
+            desired.label("desired"),
+        )
+        .where(
+            Contact.account_id == account_id,
+            Contact.id > after_id,
+            Contact.synced_version < Contact.version,
+            (Contact.sync_deferred_until.is_(None)) | (Contact.sync_deferred_until <= now),
+        )
+        .order_by(Contact.id)
+        .limit(limit)
+    )
+    return (await session.execute(stmt)).all()
 
 
 async def desired_lists(

@@ -16,10 +16,12 @@ it lagging for the next run: ten quick changes cost one push, and none is lost.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Protocol
 
 import structlog
 
@@ -33,10 +35,10 @@ from stripesync.clients.constant_contact import (
 from stripesync.db import SessionFactory, transaction
 from stripesync.kit.clock import utcnow
 from stripesync.kit.ratelimit import QuotaExhausted
-from stripesync.models import PERMITTED_CONSENT, ConsentState, Contact, PlatformCustomField
+from stripesync.models import PERMITTED_CONSENT, ConsentState, PlatformCustomField
 from stripesync.models.sync import BatchKind, BatchState, CustomFieldKey, SyncBatch
 from stripesync.sync import repository
-from stripesync.sync.batching import import_batches, membership_batches
+from stripesync.sync.batching import ImportBatch, ImportBatcher, membership_batches
 from stripesync.sync.lists import (
     ensure_custom_fields,
     ensure_platform_lists,
@@ -45,6 +47,10 @@ from stripesync.sync.lists import (
 from stripesync.sync.metrics import SYNC_CONTACTS
 
 log = structlog.get_logger(__name__)
+
+# Lagging contacts are read this many at a time (keyset by id), as plain rows of only the
+# columns a push needs: loading 100,000 ORM objects cost more than the platform's work.
+READ_CHUNK = 10_000
 
 
 @dataclass
@@ -59,14 +65,41 @@ class SyncReport:
     calls: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
+class PushFields(Protocol):
+    """What `field_values` reads: a `Contact`, or the sync engine's lighter row."""
+
+    @property
+    def purchase_count(self) -> int: ...
+    @property
+    def total_spent(self) -> dict[str, Any]: ...
+    @property
+    def last_purchase_at(self) -> datetime | None: ...
+
+
+@dataclass(slots=True)
+class _Contact:
+    """The columns of a contact that a push needs (read with Core, not as an ORM entity)."""
+
+    id: int
+    consent_state: str
+    email: str
+    name: str | None
+    country: str | None
+    purchase_count: int
+    total_spent: dict[str, Any]
+    last_purchase_at: datetime | None
+    synced_lists: list[str]
+    platform_contact_id: str | None
+
+
+@dataclass(slots=True)
 class _Work:
-    contact: Contact
+    contact: _Contact
     version: int
     desired: list[str]
 
 
-def field_values(contact: Contact) -> dict[CustomFieldKey, str]:
+def field_values(contact: PushFields) -> dict[CustomFieldKey, str]:
     """The contact's custom field values as the platform takes them."""
     values = {CustomFieldKey.PURCHASE_COUNT: str(contact.purchase_count)}
     if len(contact.total_spent) == 1:
@@ -77,7 +110,7 @@ def field_values(contact: Contact) -> dict[CustomFieldKey, str]:
     return values
 
 
-def _names(contact: Contact) -> tuple[str | None, str | None]:
+def _names(contact: _Contact) -> tuple[str | None, str | None]:
     if not contact.name:
         return None, None
     first, _, last = contact.name.strip().partition(" ")
@@ -104,25 +137,7 @@ async def sync_account(
         await remove_deleted_segment_lists(session_factory, client, account_id)
         await ensure_platform_lists(session_factory, client, account_id)
         fields = await ensure_custom_fields(session_factory, client, account_id)
-        async with transaction(session_factory) as session:
-            contacts = list(await repository.lagging_contacts(session, account_id, utcnow(), limit))
-            desired = await repository.desired_lists(session, [c.id for c in contacts])
-        work: list[_Work] = []
-        revoked: list[_Work] = []
-        unpermitted: dict[int, int] = {}
-        for contact in contacts:
-            if contact.consent_state in PERMITTED_CONSENT:
-                work.append(_Work(contact, contact.version, desired.get(contact.id, [])))
-            elif contact.synced_lists:
-                # Permission withdrawn after a push: take them off our lists (a removal
-                # sends nothing about the person and subscribes no one).
-                revoked.append(_Work(contact, contact.version, []))
-            else:
-                # Permission is sacred: nothing about this person leaves.
-                unpermitted[contact.id] = contact.version
-        async with transaction(session_factory) as session:
-            await repository.mark_synced_many(session, unpermitted, [], utcnow())
-        report.skipped += len(unpermitted)
+        work, revoked = await _read_lagging(session_factory, account_id, limit, report)
         pending = {w.contact.id for w in work}
         pending_revoked = {w.contact.id for w in revoked}
         try:
@@ -162,6 +177,79 @@ async def sync_account(
         deferred_until=report.deferred_until.isoformat() if report.deferred_until else None,
     )
     return report
+
+
+async def _read_lagging(
+    session_factory: SessionFactory, account_id: str, limit: int, report: SyncReport
+) -> tuple[list[_Work], list[_Work]]:
+    """Read the lagging contacts chunk by chunk; answer (to push, to take off our lists).
+
+    Contacts without permission are marked seen chunk by chunk and never leave."""
+    work: list[_Work] = []
+    revoked: list[_Work] = []
+    now = utcnow()
+
+    async def fetch(after: int, size: int) -> Sequence[Any]:
+        async with transaction(session_factory) as session:
+            return await repository.lagging_chunk(session, account_id, now, after, size)
+
+    read = 0
+    size = min(READ_CHUNK, limit)
+    fetching: asyncio.Task[Sequence[Any]] | None = asyncio.create_task(fetch(0, size))
+    try:
+        while fetching is not None:
+            rows = await fetching
+            fetching = None
+            read += len(rows)
+            if len(rows) == size and read < limit:
+                # The database reads the next chunk while this one is sorted out here.
+                size = min(READ_CHUNK, limit - read)
+                fetching = asyncio.create_task(fetch(rows[-1].id, size))
+            unpermitted: dict[int, int] = {}
+            for (
+                cid,
+                version,
+                consent,
+                email,
+                name,
+                country,
+                purchases,
+                spent,
+                last_purchase,
+                synced_lists,
+                platform_id,
+                desired,
+            ) in rows:
+                if consent not in PERMITTED_CONSENT and not synced_lists:
+                    # Permission is sacred: nothing about this person leaves.
+                    unpermitted[cid] = version
+                    continue
+                contact = _Contact(
+                    cid,
+                    consent,
+                    email,
+                    name,
+                    country,
+                    purchases,
+                    spent,
+                    last_purchase,
+                    synced_lists or [],
+                    platform_id,
+                )
+                if consent in PERMITTED_CONSENT:
+                    work.append(_Work(contact, version, desired or []))
+                else:
+                    # Permission withdrawn after a push: take them off our lists (a removal
+                    # sends nothing about the person and subscribes no one).
+                    revoked.append(_Work(contact, version, []))
+            if unpermitted:
+                async with transaction(session_factory) as session:
+                    await repository.mark_synced_many(session, unpermitted, [], utcnow())
+                report.skipped += len(unpermitted)
+    finally:
+        if fetching is not None:
+            fetching.cancel()
+    return work, revoked
 
 
 async def _remove_lists(
@@ -275,58 +363,85 @@ async def _import(
     pending: set[int],
     poll_interval: float,
 ) -> None:
-    items = []
     listless: dict[int, int] = {}  # no list to put them on (yet): nothing to push
+    versions: dict[int, int] = {}
+    batcher = ImportBatcher[int]()
+    started: list[tuple[int, str, list[tuple[int, Mapping[str, str]]]]] = []
+    # Rows are encoded (sized) once as they are built, and each batch is started as soon
+    # as it fills, while the rest are still being built.
     for item in work:
         if item.contact.id not in pending:
             continue
         if not item.desired:
             listless[item.contact.id] = item.version
             continue
-        items.append((item.contact.id, item.desired, _import_row(item.contact, fields)))
+        versions[item.contact.id] = item.version
+        row = _import_row(item.contact, fields)
+        for batch in batcher.add(item.contact.id, item.desired, row):
+            await _start_import(
+                session_factory, client, account_id, batch, versions, pending, started
+            )
     async with transaction(session_factory) as session:
         await repository.mark_synced_many(session, listless, [], utcnow())
     pending.difference_update(listless)
-    versions = {item.contact.id: item.version for item in work}
-    started: list[tuple[int, str, list[tuple[int, Mapping[str, str]]]]] = []
-    for batch in import_batches(items):
-        async with transaction(session_factory) as session:
-            # Consent may have changed since the run read it: drop whoever lost it (the
-            # batch only shrinks, so it stays within the platform's limits).
-            still_permitted = await repository.permitted(session, batch.keys)
-            if len(still_permitted) < len(batch.keys):
-                kept = [
-                    (k, r)
-                    for k, r in zip(batch.keys, batch.rows, strict=True)
-                    if k in still_permitted
-                ]
-                pending.difference_update(set(batch.keys) - still_permitted)
-                batch.keys = [k for k, _ in kept]
-                batch.rows = [r for _, r in kept]
-            if not batch.keys:
-                continue
-            record = SyncBatch(
-                account_id=account_id,
-                kind=BatchKind.JSON_IMPORT.value,
-                list_ids=list(batch.list_ids),
-                contacts={str(cid): versions[cid] for cid in batch.keys},
-            )
-            session.add(record)
-        activity = await client.contacts_json_import(batch.rows, batch.list_ids)
-        async with transaction(session_factory) as session:
-            stored = await session.get(SyncBatch, record.id)
-            assert stored is not None
-            stored.activity_id = activity.activity_id
-        # From here the batch row tracks these contacts (a re-run resumes it).
-        pending.difference_update(batch.keys)
-        started.append(
-            (record.id, activity.activity_id, list(zip(batch.keys, batch.rows, strict=True)))
-        )
+    for batch in batcher.flush():
+        await _start_import(session_factory, client, account_id, batch, versions, pending, started)
     # Every import is started before any is awaited: the platform works on them side by
-    # side, so the run takes about as long as the slowest, not the sum.
-    for batch_id, activity_id, sent in started:
-        done = await client.wait_for_activity(activity_id, interval=poll_interval)
-        await _settle_batch(session_factory, batch_id, done, report, sent)
+    # side, so the run takes about as long as the slowest, not the sum. Each finished
+    # batch is recorded while the next one is polled.
+    settling: list[asyncio.Task[None]] = []
+    try:
+        for batch_id, activity_id, sent in started:
+            done = await client.wait_for_activity(activity_id, interval=poll_interval)
+            settling.append(
+                asyncio.create_task(_settle_batch(session_factory, batch_id, done, report, sent))
+            )
+    finally:
+        outcomes = await asyncio.gather(*settling, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def _start_import(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    account_id: str,
+    batch: ImportBatch[int],
+    versions: Mapping[int, int],
+    pending: set[int],
+    started: list[tuple[int, str, list[tuple[int, Mapping[str, str]]]]],
+) -> None:
+    async with transaction(session_factory) as session:
+        # Consent may have changed since the run read it: drop whoever lost it (the
+        # batch only shrinks, so it stays within the platform's limits).
+        still_permitted = await repository.permitted(session, batch.keys)
+        if len(still_permitted) < len(batch.keys):
+            kept = [
+                (k, r) for k, r in zip(batch.keys, batch.rows, strict=True) if k in still_permitted
+            ]
+            pending.difference_update(set(batch.keys) - still_permitted)
+            batch.keys = [k for k, _ in kept]
+            batch.rows = [r for _, r in kept]
+        if not batch.keys:
+            return
+        record = SyncBatch(
+            account_id=account_id,
+            kind=BatchKind.JSON_IMPORT.value,
+            list_ids=list(batch.list_ids),
+            contacts={str(cid): versions[cid] for cid in batch.keys},
+        )
+        session.add(record)
+    activity = await client.contacts_json_import(batch.rows, batch.list_ids)
+    async with transaction(session_factory) as session:
+        stored = await session.get(SyncBatch, record.id)
+        assert stored is not None
+        stored.activity_id = activity.activity_id
+    # From here the batch row tracks these contacts (a re-run resumes it).
+    pending.difference_update(batch.keys)
+    started.append(
+        (record.id, activity.activity_id, list(zip(batch.keys, batch.rows, strict=True)))
+    )
 
 
 async def _resume_batches(
@@ -413,7 +528,7 @@ def _failed_contacts(
     return failed
 
 
-def _import_row(contact: Contact, fields: dict[str, PlatformCustomField]) -> dict[str, str]:
+def _import_row(contact: _Contact, fields: dict[str, PlatformCustomField]) -> dict[str, str]:
     first, last = _names(contact)
     row = {"email": contact.email}
     if first:
