@@ -17,6 +17,7 @@ it lagging for the next run: ten quick changes cost one push, and none is lost.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -214,7 +215,7 @@ async def _read_lagging(
                 name,
                 country,
                 purchases,
-                spent,
+                spent_json,
                 last_purchase,
                 synced_lists,
                 platform_id,
@@ -231,7 +232,7 @@ async def _read_lagging(
                     name,
                     country,
                     purchases,
-                    spent,
+                    {} if spent_json == "{}" else json.loads(spent_json),
                     last_purchase,
                     synced_lists or [],
                     platform_id,
