@@ -13,8 +13,9 @@ transaction per page, the job lease) against a fresh PostgreSQL database of its 
    renews the lease, but does not call the activity apply functions: this measures what
    the import itself costs (reading under the budget, streaming, checkpointing) against the
    ceiling.
-2. `end_to_end`: the same import with the real apply path (activity.apply_* with every
-   contacts-changed hook: segments, opt-in, sync) on the same fake, stopped after
+2. `end_to_end`: the same import with the real apply path (activity.apply_* per object,
+   one activity refresh and contacts-changed call per page: segments, opt-in, sync) on the
+   same fake, stopped after
    `--e2e-seconds`; objects applied per second is what a merchant actually gets.
 
 Reported (bench/results/imports.json and .md): objects/s against the ceiling, wall time,
@@ -321,11 +322,12 @@ added to every answer. Ceiling: {CEILING_RPS * 100:,} objects/s.
 The first row is the import's own machinery: {read["windows"]} windows read in parallel under
 the shared budget, pages streamed through a bounded queue (RSS at 10/50/90% of the run:
 {read["rss_mb_at_10_50_90_percent"]} MB), one checkpoint transaction per page. The second row
-adds what every page really does: the activity apply functions, one object at a time, with
-the segments, opt-in and sync hooks; at that rate the whole history would take about
-{e2e["projected_hours_for_all"]} hours. The end-to-end rate is bounded by the per-object
-apply path (about a dozen SQL statements per object plus the hooks, serialised per account
-by the segments lock), not by Stripe.
+adds what every page really does: the activity apply functions, each object's rows and
+links, then ONE contact-activity refresh and ONE contacts-changed call (segments, opt-in,
+sync) for the union of the page's contacts (`activity.service.deferred_finish`); at that
+rate the whole history would take about {e2e["projected_hours_for_all"]} hours. The
+end-to-end rate is bounded by the apply path (still several SQL statements per object,
+pages serialised per account), not by Stripe.
 """
     (ROOT / "results" / "imports.md").write_text(md)
     print(md)

@@ -2,7 +2,9 @@
 
 Nothing here decides anything about customers, payments or consent: each object goes to
 `activity.service.apply_*` (idempotent, order-independent, hooks included: segments,
-the one opt-in email, sync). This module only counts what happened, for the job report.
+the one opt-in email, sync), inside one `service.deferred_finish` per page: the touched
+contacts are recomputed and the hooks told once per page, not once per object. This module
+only counts what happened, for the job report.
 """
 
 from __future__ import annotations
@@ -37,35 +39,36 @@ async def apply_objects(
     """Apply one page of `resource` objects; answers the outcome counts."""
     counts: Counter[str] = Counter()
     people: list[str] = []
-    for obj in objects:
-        if bool(obj.get("livemode", ctx.livemode)) != ctx.livemode:
-            counts["skipped.test_mode"] += 1  # a test object never touches live data
-            continue
-        counts[f"imported.{resource}"] += 1
-        if resource == "customers":
-            if obj.get("deleted") is True:
-                await service.detach_customer(session, ctx, obj)
+    async with service.deferred_finish(session, ctx):
+        for obj in objects:
+            if bool(obj.get("livemode", ctx.livemode)) != ctx.livemode:
+                counts["skipped.test_mode"] += 1  # a test object never touches live data
                 continue
-            applied = await service.apply_customer(session, ctx, obj)
-            email = customer_snapshot(obj).email
-        elif resource == "checkout_sessions":
-            applied = await service.apply_checkout_session(session, ctx, obj)
-            email = checkout_snapshot(obj).email
-        elif resource == "charges":
-            await service.apply_charge(session, ctx, obj)
-            snap = charge_snapshot(obj, ctx.observed_at)
-            if snap is not None and snap.customer_id is None and snap.guest_email is None:
-                counts["skipped.no_email"] += 1  # a guest payment nobody can be reached for
-            continue
-        elif resource == "subscriptions":
-            await service.apply_subscription(session, ctx, obj)
-            continue
-        else:  # pragma: no cover - the plan only holds the lists above
-            raise ValueError(f"unknown list {resource}")
-        if applied.skipped_reason is not None:
-            counts[f"skipped.{applied.skipped_reason}"] += 1
-        elif email is not None:
-            people.append(email)
+            counts[f"imported.{resource}"] += 1
+            if resource == "customers":
+                if obj.get("deleted") is True:
+                    await service.detach_customer(session, ctx, obj)
+                    continue
+                applied = await service.apply_customer(session, ctx, obj)
+                email = customer_snapshot(obj).email
+            elif resource == "checkout_sessions":
+                applied = await service.apply_checkout_session(session, ctx, obj)
+                email = checkout_snapshot(obj).email
+            elif resource == "charges":
+                await service.apply_charge(session, ctx, obj)
+                snap = charge_snapshot(obj, ctx.observed_at)
+                if snap is not None and snap.customer_id is None and snap.guest_email is None:
+                    counts["skipped.no_email"] += 1  # a guest payment nobody can be reached for
+                continue
+            elif resource == "subscriptions":
+                await service.apply_subscription(session, ctx, obj)
+                continue
+            else:  # pragma: no cover - the plan only holds the lists above
+                raise ValueError(f"unknown list {resource}")
+            if applied.skipped_reason is not None:
+                counts[f"skipped.{applied.skipped_reason}"] += 1
+            elif email is not None:
+                people.append(email)
     if people:
         states = await repository.contact_states(session, ctx.account_id, sorted(set(people)))
         for email in people:
