@@ -104,6 +104,14 @@ class Injection:
     shape: str = "array"  # array | object
     retry_after: str | None = None
     method: str | None = None  # only this HTTP method (None: any)
+    after_processing: bool = False  # do the work, then drop the connection (answer lost)
+
+    def matches(self, method: str, path: str) -> bool:
+        return (
+            self.count > 0
+            and (self.path_contains is None or self.path_contains in path)
+            and (self.method is None or self.method == method)
+        )
 
 
 class FakeConstantContact:
@@ -193,12 +201,18 @@ class FakeConstantContact:
         shape: str = "array",
         retry_after: str | None = None,
         method: str | None = None,
+        after_processing: bool = False,
     ) -> None:
-        """Answer the next `count` matching requests with this error (0 drops the connection)."""
+        """Answer the next `count` matching requests with this error (0 drops the connection).
+
+        `after_processing=True` (with status 0): the platform does the work, then the
+        connection drops, so the caller never learns that it succeeded."""
         key = error_key or {429: "throttled", 401: "unauthorized"}.get(status, "server_error")
         with self.lock:
             self.injections.append(
-                Injection(status, count, key, path_contains, shape, retry_after, method)
+                Injection(
+                    status, count, key, path_contains, shape, retry_after, method, after_processing
+                )
             )
 
     def unsubscribe(self, email: str) -> FakeContact:
@@ -266,6 +280,10 @@ class FakeConstantContact:
             self.requests.append(
                 RecordedRequest(now, method, path, query, status, error_key, parsed, token)
             )
+            for injection in self.injections:
+                if injection.after_processing and injection.matches(method, path):
+                    injection.count -= 1
+                    return 0, None, {}
             return status, payload, extra
 
     def _api(
@@ -284,11 +302,7 @@ class FakeConstantContact:
             return 401, [_err("unauthorized", "Unauthorized")], {}
 
         for injection in self.injections:
-            if (
-                injection.count > 0
-                and (injection.path_contains is None or injection.path_contains in path)
-                and (injection.method is None or injection.method == method)
-            ):
+            if not injection.after_processing and injection.matches(method, path):
                 injection.count -= 1
                 extra = {"Retry-After": injection.retry_after} if injection.retry_after else {}
                 if injection.status == 0:

@@ -380,3 +380,58 @@ async def test_withdrawn_permission_takes_the_contact_off_our_lists_and_sends_no
         )
     assert contact is not None and contact.synced_lists == [] and members == 0
     assert fake_cc.resubscribe_attempts == []
+
+
+async def test_a_run_that_never_heard_back_from_an_accepted_import_still_removes_stale_lists(
+    sync_ctx: dict[str, Any],
+    sync_settings: Settings,
+    session_factory: SessionFactory,
+    fake_cc: FakeConstantContact,
+) -> None:
+    await make_account(session_factory, sync_settings)
+    await _sync(sync_ctx)  # lists and custom fields exist
+    ids = await add_contacts(session_factory, ACCOUNT, {"late@x.io": "implied"})
+    async with transaction(session_factory) as session:
+        await session.execute(
+            text(
+                "UPDATE contacts SET purchase_count = 1, has_failed_since_last_purchase = true,"
+                " version = version + 1"
+            )
+        )
+        await segments.recompute_account(session, ACCOUNT)
+
+    # The platform imports the contact onto its lists, but every answer is lost: the run
+    # dies without learning the activity id (as when Postgres restarts mid-run).
+    fake_cc.inject(0, count=10, path_contains="contacts_json_import", after_processing=True)
+    try:
+        await _sync(sync_ctx)
+    except Exception as exc:  # the job would retry later
+        assert getattr(exc, "retryable", False)
+    failed_list = (await _segment_lists(session_factory))["Stripe - Failed Payments"]
+    assert failed_list is not None
+    assert failed_list in fake_cc.contact("late@x.io").list_ids  # type: ignore[union-attr]
+
+    # Meanwhile the person paid: they leave the Failed Payments segment.
+    fake_cc.injections.clear()
+    async with transaction(session_factory) as session:
+        await session.execute(
+            text(
+                "UPDATE contacts SET purchase_count = 2, has_failed_since_last_purchase = false,"
+                " version = version + 1"
+            )
+        )
+        await segments.recompute_account(session, ACCOUNT)
+    await _sync(sync_ctx)
+
+    async with session_factory() as session:
+        contact = await session.get(Contact, ids["late@x.io"])
+        desired = set(
+            await session.scalars(
+                select(Segment.platform_list_id)
+                .join(ContactSegment, ContactSegment.segment_id == Segment.id)
+                .where(ContactSegment.contact_id == ids["late@x.io"])
+            )
+        )
+    assert contact is not None and contact.sync_state == "ok"
+    assert failed_list not in desired
+    assert fake_cc.contact("late@x.io").list_ids == desired  # type: ignore[union-attr]

@@ -248,6 +248,30 @@ async def started_batches(session: AsyncSession, account_id: str) -> Sequence[Sy
     return (await session.scalars(stmt.order_by(SyncBatch.id))).all()
 
 
+async def note_lists_maybe_added(
+    session: AsyncSession, contact_ids: Collection[int], list_ids: Sequence[str]
+) -> None:
+    """Write ahead, before asking the platform to add these contacts to these lists: from
+    now on it may have. A run that dies after the platform accepted but before it records
+    the outcome leaves the lists in `synced_lists`, so the next run's removals (which go
+    first) take the contacts off any list they no longer belong on. Removing a contact
+    from a list it is not on is harmless."""
+    if not contact_ids or not list_ids:
+        return
+    await session.execute(
+        text(
+            """
+            UPDATE contacts SET synced_lists = ARRAY(
+                SELECT DISTINCT l FROM unnest(synced_lists || CAST(:lists AS varchar[])) AS l
+                ORDER BY l)
+            WHERE id = ANY(CAST(:ids AS bigint[]))
+              AND NOT (synced_lists @> CAST(:lists AS varchar[]))
+            """
+        ),
+        {"ids": list(contact_ids), "lists": list(list_ids)},
+    )
+
+
 async def permitted(session: AsyncSession, contact_ids: Collection[int]) -> set[int]:
     """Which of these contacts have permission right now (read just before a push)."""
     if not contact_ids:

@@ -433,6 +433,7 @@ async def _start_import(
             contacts={str(cid): versions[cid] for cid in batch.keys},
         )
         session.add(record)
+        await repository.note_lists_maybe_added(session, batch.keys, batch.list_ids)
     activity = await client.contacts_json_import(batch.rows, batch.list_ids)
     async with transaction(session_factory) as session:
         stored = await session.get(SyncBatch, record.id)
