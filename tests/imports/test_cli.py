@@ -38,10 +38,17 @@ async def test_import_command_follows_the_job_to_its_end_and_jobs_lists_it(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    await asyncio.sleep(1.0)
+    # Run the worker's part only once the command follows the job: started earlier, the
+    # import could end before the command looks, and it would start a new one instead.
+    assert process.stdout is not None
+    seen = b""
+    while b"following import job" not in seen:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert line, seen.decode()
+        seen += line
     await import_history(job_ctx, ACCOUNT)  # the worker's part, here in the test
     out, _ = await asyncio.wait_for(process.communicate(), 60)
-    text = out.decode()
+    text = (seen + out).decode()
     assert process.returncode == 0, text
     assert f"following import job {job_id}" in text
     assert f"job {job_id}: succeeded" in text
