@@ -123,12 +123,26 @@ async def renew(
     return row.scalar_one_or_none() is not None
 
 
-async def release(session: AsyncSession, job_id: str, token: str, error: str | None) -> None:
-    """Give the lease back, so the sweeper (or a retry) can run the job again now."""
+async def release(
+    session: AsyncSession,
+    job_id: str,
+    token: str,
+    error: str | None,
+    *,
+    attempt_used: bool = True,
+) -> None:
+    """Give the lease back, so the sweeper (or a retry) can run the job again now; a turn
+    that only paused (its time was up) gives its attempt back too."""
+    values: dict[str, Any] = {
+        "lease_token": None,
+        "lease_until": None,
+        "error": error,
+        "updated_at": utcnow(),
+    }
+    if not attempt_used:
+        values["attempts"] = Job.attempts - 1
     await session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_token == token)
-        .values(lease_token=None, lease_until=None, error=error, updated_at=utcnow())
+        update(Job).where(Job.id == job_id, Job.lease_token == token).values(**values)
     )
 
 

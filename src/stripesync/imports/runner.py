@@ -71,6 +71,10 @@ class ImportCancelled(Exception):
     """The connection was revoked or the job cancelled: stop between pages."""
 
 
+class ImportPaused(Exception):
+    """This turn's time is up (`stop_at`): stop between pages; the next turn resumes."""
+
+
 @dataclass(frozen=True)
 class Deps:
     session_factory: SessionFactory
@@ -104,8 +108,16 @@ def budget_name(connection: StripeConnection) -> str:
 class ImportRun:
     """One runner's turn at one job (it may be the job's second turn, after a crash)."""
 
-    def __init__(self, deps: Deps, job: Job, connection: StripeConnection, token: str) -> None:
+    def __init__(
+        self,
+        deps: Deps,
+        job: Job,
+        connection: StripeConnection,
+        token: str,
+        stop_at: float | None = None,
+    ) -> None:
         self.deps = deps
+        self.stop_at = stop_at  # time.monotonic() after which the turn pauses between pages
         self.settings = deps.settings
         self.job = job
         self.connection = connection
@@ -190,6 +202,10 @@ class ImportRun:
             async with transaction(self.deps.session_factory) as session:
                 await self._fenced(session, progress=self.progress())
 
+    def _pause_if_late(self) -> None:
+        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+            raise ImportPaused(self.job.id)
+
     # --- readers and the applier -------------------------------------------------------------
 
     async def _read_and_apply(self) -> None:
@@ -265,6 +281,7 @@ class ImportRun:
         while (page := await self.queue.get()) is not None:
             if not await self._apply_batch(page):
                 return
+            self._pause_if_late()
 
     async def _apply_objects(
         self, session: Any, ctx: ActivityContext, resource: str, objects: list[dict[str, Any]]
@@ -357,6 +374,7 @@ class ImportRun:
                 await self._fenced(
                     session, progress=self.progress("recent_payers"), report=self.running_report()
                 )
+            self._pause_if_late()
 
     async def _customer_or_none(self, customer_id: str) -> dict[str, Any] | None:
         try:
@@ -454,10 +472,12 @@ def new_lease_token() -> str:
     return uuid.uuid4().hex
 
 
-async def run_job(deps: Deps, job_id: str) -> str:
+async def run_job(deps: Deps, job_id: str, *, stop_at: float | None = None) -> str:
     """Run (or resume) one import job; answers what happened to it this turn:
     `succeeded`, `cancelled`, `busy` (someone else holds it), `released` (a transient
-    failure: the sweeper runs it again) or `failed`."""
+    failure: the sweeper runs it again), `paused` (past `stop_at`, a `time.monotonic()`
+    value: the lease and the attempt are given back, the caller asks for the next turn)
+    or `failed`."""
     token = new_lease_token()
     lease = timedelta(seconds=deps.settings.import_lease_seconds)
     async with transaction(deps.session_factory) as session:
@@ -473,7 +493,7 @@ async def run_job(deps: Deps, job_id: str) -> str:
         await _cancel(deps, job_id)
         return "cancelled"
     log.info("import_started", job_id=job_id, account_id=job.account_id, attempt=job.attempts)
-    run = ImportRun(deps, job, connection, token)
+    run = ImportRun(deps, job, connection, token, stop_at)
     try:
         await run.run()
     except ImportCancelled:
@@ -482,6 +502,11 @@ async def run_job(deps: Deps, job_id: str) -> str:
     except LeaseLost:
         log.warning("import_lease_lost", job_id=job_id)
         return "busy"
+    except ImportPaused:
+        async with transaction(deps.session_factory) as session:
+            await repository.release(session, job_id, token, job.error, attempt_used=False)
+        log.info("import_paused", job_id=job_id, progress=run.progress())
+        return "paused"
     except asyncio.CancelledError:
         # Worker shutdown or an arq abort: give the lease back; the sweeper decides.
         with contextlib.suppress(Exception):
