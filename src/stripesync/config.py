@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     event_max_attempts: int = 8
     event_retry_base_seconds: float = 5.0
     sweeper_grace_seconds: int = 60
+    # Every worker job's timeout. Short on purpose: arq marks a started job in progress
+    # for the longest timeout + 10 s, and a killed worker's jobs wait that long to run again.
+    job_timeout_seconds: int = Field(default=300, ge=1, le=3600)
     # Widens the limiter's 1 s window a little; latency itself is covered by counting each
     # request's slot from when its answer came back (kit/ratelimit.RateLimiter.slot).
     cc_rate_margin_seconds: float = 0.05

@@ -13,6 +13,7 @@ from stripesync.config import WORKER_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
 from stripesync.imports.tasks import import_history, sweep_imports
 from stripesync.kit.queue import PROCESS_EVENT, create_redis
+from stripesync.kit.slices import enqueue_follow_up
 from stripesync.optin.tasks import (
     SEND_OPTIN_EMAIL,
     send_optin_email,
@@ -59,6 +60,9 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         if "engine" in ctx:
             await ctx["engine"].dispose()
 
+    # One short timeout for every job and cron job (no per-function timeouts): arq keeps a
+    # started job's in-progress key for the longest of them + 10 s, and after a SIGKILL that
+    # is how long the job's id stays blocked. Longer work runs in slices (kit/slices.py).
     options: dict[str, Any] = {
         "functions": [
             # keep_result=0: a finished job leaves no result key behind, so the sweeper and
@@ -69,12 +73,11 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
                 max_tries=settings.event_max_attempts + 2,
                 keep_result=0,
             ),
-            func(recompute_segments, name=RECOMPUTE_SEGMENTS, keep_result=0, timeout=1800),
+            func(recompute_segments, name=RECOMPUTE_SEGMENTS, keep_result=0),
             func(deliver_automation, name=DELIVER_AUTOMATION, keep_result=0),
-            # An import longer than this is cancelled, gives its lease back and is resumed
-            # from its checkpoints by the sweeper (so a crashed worker's import waits for
-            # its lease, never for arq's in-progress key of a very long job).
-            func(import_history, name=IMPORT_HISTORY, keep_result=0, timeout=1800, max_tries=1),
+            # An import pauses at its slice's end and continues in a follow-up job; a crashed
+            # one is resumed from its checkpoints by the sweeper once its lease expires.
+            func(import_history, name=IMPORT_HISTORY, keep_result=0, max_tries=1),
             func(
                 send_optin_email,
                 name=SEND_OPTIN_EMAIL,
@@ -82,7 +85,7 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
                 keep_result=0,
             ),
             # One per account at a time (job id sync:<account>); imports poll for a while.
-            func(sync_account_job, name=SYNC_ACCOUNT, keep_result=0, timeout=3600, max_tries=8),
+            func(sync_account_job, name=SYNC_ACCOUNT, keep_result=0, max_tries=8),
         ],
         "cron_jobs": [
             cron(sweep_events, second={0}, run_at_startup=True, keep_result=0),
@@ -90,7 +93,7 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             # completion emails still due.
             cron(sweep_imports, second={20}, run_at_startup=True, keep_result=0, unique=True),
             # Hourly: time moves people between recent, lapsed and refunded.
-            cron(recompute_segments_cron, minute={7}, second={30}, keep_result=0, timeout=1800),
+            cron(recompute_segments_cron, minute={7}, second={30}, keep_result=0),
             # The outbox sweeper: triggers stored by hooks are posted within seconds.
             cron(deliver_automation, second=set(range(0, 60, 10)), keep_result=0, unique=True),
             # Opt-in emails still unsent (a lost enqueue, a retry that is due) go out.
@@ -104,18 +107,18 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
                 second={40},
                 keep_result=0,
                 unique=True,
-                timeout=600,
             ),
         ],
         "redis_pool": create_redis(settings.redis_url),
         "on_startup": startup,
         "on_shutdown": shutdown,
+        "after_job_end": enqueue_follow_up,  # a slice that ran out of time goes on
         "burst": burst,
         "handle_signals": not burst,
         "keep_result": 0,
         "allow_abort_jobs": True,  # disconnect aborts a running import (accounts.service)
         "max_jobs": 20,
-        "job_timeout": 300,
+        "job_timeout": settings.job_timeout_seconds,
         "poll_delay": 0.2,
     }
     options.update(overrides)

@@ -5,7 +5,8 @@
   under a Postgres advisory lock per account, so two workers never push the same account's
   contacts at once even if arq ran a job twice (a worker that died and was retried, a
   manual enqueue). It loops while contacts still lag (a change made during a run is
-  pushed by the same job), a few passes at most.
+  pushed by the same job), a few passes at most, within one slice (`kit.slices`): a pass
+  still running when the slice's time is up is cut off and the job asks for a follow-up.
 - `sweep_sync` (cron, every minute): enqueues the sync of every account with lagging
   contacts whose deferral (quota) has passed: a lost enqueue, a crash mid-run, a change
   made while the job was finishing, tomorrow's share of a quota-deferred sync.
@@ -15,6 +16,8 @@ version pushed, and bulk activities already started are resumed (polled), not re
 
 from __future__ import annotations
 
+import asyncio
+import time
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,8 +38,9 @@ from stripesync.clients.constant_contact import (
 from stripesync.config import Settings
 from stripesync.db import transaction
 from stripesync.kit.clock import utcnow
+from stripesync.kit.slices import continue_later, slice_deadline
 from stripesync.sync import repository
-from stripesync.sync.queue import enqueue_sync
+from stripesync.sync.queue import SYNC_ACCOUNT, enqueue_sync, sync_job_id
 from stripesync.sync.service import SyncReport, sync_account
 
 log = structlog.get_logger(__name__)
@@ -103,7 +107,9 @@ async def sync_account_job(
 ) -> dict[str, Any]:
     """Job: push the account's lagging contacts (and lists, custom fields) to the platform."""
     engine: AsyncEngine = ctx["engine"]
+    stop_at = slice_deadline(ctx["settings"])
     totals = SyncReport()
+    state = "done"
     async with account_lock(engine, account_id) as got:
         if not got:
             # Another worker is syncing this account; look again shortly (what it missed,
@@ -111,10 +117,22 @@ async def sync_account_job(
             raise Retry(defer=BUSY_RETRY_SECONDS)
         client = platform_client(ctx, account_id)
         for _ in range(MAX_PASSES):
+            slice_time = asyncio.timeout(stop_at - time.monotonic())
             try:
-                report = await sync_account(
-                    ctx["session_factory"], client, account_id, poll_interval=poll_interval
-                )
+                async with slice_time:
+                    report = await sync_account(
+                        ctx["session_factory"], client, account_id, poll_interval=poll_interval
+                    )
+            except TimeoutError:
+                if not slice_time.expired():
+                    raise
+                # Cut off like a crash, which a run survives: pushes are recorded per
+                # contact and per batch, and the next run polls started imports, never
+                # sends them again. The follow-up job (or the sweeper) goes on.
+                log.info("sync_slice_ended", account_id=account_id)
+                continue_later(ctx, SYNC_ACCOUNT, account_id, job_id=sync_job_id(account_id))
+                state = "continued"
+                break
             except (PlatformError, CcAuthUnavailable) as exc:
                 if isinstance(exc, PlatformError) and not exc.retryable:
                     raise
@@ -133,7 +151,7 @@ async def sync_account_job(
                 break
     return {
         "account_id": account_id,
-        "state": "deferred" if totals.deferred_until else "done",
+        "state": "deferred" if totals.deferred_until else state,
         "signed_up": totals.signed_up,
         "imported": totals.imported,
         "removed": totals.removed,
