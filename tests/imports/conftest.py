@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from stripesync.config import Settings
 from stripesync.db import SessionFactory, transaction
@@ -147,6 +147,20 @@ async def job_ctx(
             "job_try": 1,
         }
     await redis.aclose()
+
+
+async def contact_picture(env: Env, account_id: str) -> list[tuple[Any, ...]]:
+    """What an import made of the account's people, comparable between two accounts."""
+    async with transaction(env.factory) as session:
+        rows = await session.execute(
+            text(
+                "SELECT email, consent_state, purchase_count, total_spent::text, "
+                "first_purchase_at, last_purchase_at, subscription_status, customer_created_at "
+                "FROM contacts WHERE account_id = :a ORDER BY email"
+            ),
+            {"a": account_id},
+        )
+        return [tuple(r) for r in rows]
 
 
 Ctx = Callable[..., dict[str, Any]]

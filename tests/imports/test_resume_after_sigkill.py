@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from stripesync.accounts.oauth import IMPORT_HISTORY, import_job_id
 from stripesync.db import transaction
@@ -23,7 +23,7 @@ from stripesync.models import ImportWindow, OptinEmail, Payment
 from tests.conftest import ENCRYPTION_KEY
 from tests.fakes.stripe import History
 
-from .conftest import Env, now_history
+from .conftest import Env, contact_picture, now_history
 
 ROOT = Path(__file__).resolve().parents[2]
 HISTORY = now_history(customers=150, charges=450, checkout_sessions=10, subscriptions=10)
@@ -74,19 +74,6 @@ async def wait_for(check: Any, timeout: float, what: str) -> Any:
             return value
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-async def contact_picture(env: Env, account_id: str) -> list[tuple[Any, ...]]:
-    async with transaction(env.factory) as session:
-        rows = await session.execute(
-            text(
-                "SELECT email, consent_state, purchase_count, total_spent::text, "
-                "first_purchase_at, last_purchase_at, subscription_status, customer_created_at "
-                "FROM contacts WHERE account_id = :a ORDER BY email"
-            ),
-            {"a": account_id},
-        )
-        return [tuple(r) for r in rows]
 
 
 async def test_import_killed_mid_way_resumes_to_the_same_state(
