@@ -31,8 +31,11 @@ from stripesync.optin.rendering import EmailContent, build_message, render_email
 
 log = structlog.get_logger(__name__)
 
-# A `sending` claim older than this belonged to a worker that died mid-send.
-STALE_CLAIM = timedelta(minutes=10)
+
+def stale_claim(settings: Settings) -> timedelta:
+    """A `sending` claim older than this belonged to a worker that died mid-send: arq
+    cancels a send job at the job timeout, so no live job holds a claim that long."""
+    return timedelta(seconds=settings.job_timeout_seconds + 10)
 
 
 class SendOutcome(enum.StrEnum):
@@ -160,8 +163,8 @@ async def _record(
         return SendResult(SendOutcome.RETRY, retry_in=delay)
 
 
-async def due_for_sending(factory: SessionFactory) -> list[int]:
+async def due_for_sending(factory: SessionFactory, settings: Settings) -> list[int]:
     """Ids of rows to (re)send now; stale `sending` claims are released first."""
     async with transaction(factory) as session:
         now = utcnow()
-        return await repository.due_ids(session, now, stale_before=now - STALE_CLAIM)
+        return await repository.due_ids(session, now, stale_before=now - stale_claim(settings))

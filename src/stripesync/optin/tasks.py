@@ -64,7 +64,7 @@ async def send_optin_email(ctx: dict[str, Any], optin_email_id: int) -> str:
 
 async def sweep_optin_emails(ctx: dict[str, Any]) -> int:
     """Cron: enqueue the send of every due, unsent opt-in email."""
-    ids = await due_for_sending(ctx["session_factory"])
+    ids = await due_for_sending(ctx["session_factory"], ctx["settings"])
     if not ids:
         return 0
     queued = await enqueue_sends(ctx["redis"], ids)
