@@ -14,10 +14,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.activity.context import ActivityContext
 from stripesync.activity.hooks import on_contacts_changed
-from stripesync.activity.service import apply_charge, apply_customer, deferred_finish
+from stripesync.activity.service import (
+    apply_charge,
+    apply_charges,
+    apply_checkout_session,
+    apply_checkout_sessions,
+    apply_customer,
+    apply_customers,
+    apply_subscription,
+    apply_subscriptions,
+    deferred_finish,
+    detach_customer,
+)
 from stripesync.db import SessionFactory, transaction
 from tests.activity.conftest import ApplyFn, at, charge_obj, connect_account, contact, customer_obj
 from tests.activity.test_order_independence import Step, histories, run, state
+
+# The batch form of each single-object apply function the import uses.
+BATCHED = {
+    apply_customer: (apply_customers, {}),
+    detach_customer: (apply_customers, {"deleted": True}),
+    apply_charge: (apply_charges, {}),
+    apply_subscription: (apply_subscriptions, {}),
+    apply_checkout_session: (apply_checkout_sessions, {}),
+}
 
 _accounts = itertools.count(1)
 _calls: list[tuple[str, list[int]]] = []
@@ -101,3 +121,52 @@ async def test_a_page_tells_the_hooks_once_with_every_changed_contact(
         paged = await contact(session_factory, email, "acc_page_hooks")
         each = await contact(session_factory, email, "acc_page_each")
         assert paged is not None and each is not None and paged.version < each.version
+
+
+def batches(steps: list[Step], size: int) -> list[list[Step]]:
+    """Pages as the import reads them: the steps of each kind (in order of first
+    appearance) in chunks of at most `size`, each chunk observed at one time."""
+    kinds: dict[Any, list[Step]] = {}
+    for step in steps:
+        kind = (step.fn, tuple(step.kwargs.items())) if step.fn in BATCHED else len(kinds)
+        kinds.setdefault(kind, []).append(step)
+    groups = []
+    for same in kinds.values():
+        for start in range(0, len(same), size):
+            chunk = same[start : start + size]
+            groups.append([Step(s.fn, s.obj, chunk[0].observed, s.kwargs) for s in chunk])
+    return groups
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(history=histories(), size=st.integers(2, 6), rnd=st.randoms(use_true_random=False))
+async def test_batches_with_repeats_end_in_the_one_by_one_state(
+    session_factory: SessionFactory, history: list[Step], size: int, rnd: random.Random
+) -> None:
+    steps = history + [rnd.choice(history) for _ in range(rnd.randint(0, 4))] if history else []
+    rnd.shuffle(steps)
+    groups = batches(steps, size)
+    expected = await run(session_factory, [step for group in groups for step in group])
+    n = next(_accounts)
+    ctx = await connect_account(
+        session_factory, account_id=f"acc_page_b{n}", stripe_account=f"acct_b{n}", mode="direct"
+    )
+    for group in groups:
+        first = group[0]
+        async with transaction(session_factory) as session:
+            if first.fn in BATCHED:
+                batch_fn, kwargs = BATCHED[first.fn]
+                applied = await batch_fn(
+                    session,
+                    _at(ctx, first.observed),
+                    [s.obj for s in group],
+                    **{**kwargs, **first.kwargs},
+                )
+                assert len(applied) == len(group)
+            else:
+                await first.fn(session, _at(ctx, first.observed), first.obj, **first.kwargs)
+    assert await state(session_factory, ctx) == expected

@@ -45,7 +45,25 @@ async def append_ledger(
     source: str,
     evidence: dict[str, Any],
 ) -> None:
-    session.add(
+    await append_ledger_entries(
+        session, account_id, [(contact_id, email)], state=state, source=source, evidence=evidence
+    )
+
+
+async def append_ledger_entries(
+    session: AsyncSession,
+    account_id: str,
+    people: Collection[tuple[int | None, str]],
+    *,
+    state: str,
+    source: str,
+    evidence: dict[str, Any],
+) -> None:
+    """The same entry for many (contact_id, email) pairs, in one flush."""
+    if not people:
+        return
+    now = utcnow()
+    session.add_all(
         ConsentEvent(
             account_id=account_id,
             contact_id=contact_id,
@@ -53,8 +71,9 @@ async def append_ledger(
             state=state,
             source=source,
             evidence=evidence,
-            created_at=utcnow(),
+            created_at=now,
         )
+        for contact_id, email in people
     )
     await session.flush()
 

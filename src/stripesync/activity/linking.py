@@ -61,19 +61,20 @@ async def ensure_contacts(
         created = await repository.insert_contacts(
             session, ctx.account_id, [(e, email_domain(e), states[e]) for e in missing]
         )
+        implied = []
         for email, contact_id in created.items():
             changes.changed.add(contact_id)
             changes.touched.add(contact_id)
             if states[email] == ConsentState.IMPLIED and ledger.get(email) != ConsentState.IMPLIED:
-                await consent.append_ledger(
-                    session,
-                    ctx.account_id,
-                    contact_id=contact_id,
-                    email=email,
-                    state=states[email],
-                    source="stripe_direct_import",
-                    evidence=consent.direct_mode_evidence(ctx),
-                )
+                implied.append((contact_id, email))
+        await consent.append_ledger_entries(
+            session,
+            ctx.account_id,
+            implied,
+            state=ConsentState.IMPLIED,
+            source="stripe_direct_import",
+            evidence=consent.direct_mode_evidence(ctx),
+        )
         found.update(created)
         # Another transaction may have created some between our look-up and insert.
         late = set(missing) - created.keys()
@@ -87,11 +88,14 @@ async def relink_payments(
     ctx: ActivityContext,
     changes: Changes,
     *,
-    charge_id: str | None = None,
-    customer_id: str | None = None,
+    charge_ids: Collection[str] = (),
+    customer_ids: Collection[str] = (),
 ) -> None:
+    """Re-derive the links of the payments of these charges and of these customers."""
+    if not charge_ids and not customer_ids:
+        return
     rows = await repository.payment_links(
-        session, ctx, charge_id=charge_id, customer_id=customer_id
+        session, ctx, charge_ids=charge_ids, customer_ids=customer_ids
     )
     guest_emails = {
         row.guest_email
@@ -99,6 +103,7 @@ async def relink_payments(
         if row.guest_email and not row.customer_deleted and row.customer_contact is None
     }
     by_email = await ensure_contacts(session, ctx, guest_emails, changes)
+    moved = []
     for row in rows:
         if row.customer_deleted:
             desired = None
@@ -107,38 +112,46 @@ async def relink_payments(
         else:
             desired = by_email.get(row.guest_email) if row.guest_email else None
         if desired != row.contact_id:
-            await repository.set_payment_contact(session, row.id, desired)
+            moved.append((int(row.id), desired))
         # Touched even when the link stays: the payment's own values may have changed.
         changes.touch(row.contact_id, desired)
+    await repository.set_payment_contacts(session, moved)
 
 
-async def relink_customer(
-    session: AsyncSession, ctx: ActivityContext, stripe_id: str, changes: Changes
+async def relink_customers(
+    session: AsyncSession, ctx: ActivityContext, stripe_ids: Collection[str], changes: Changes
 ) -> None:
-    link = await repository.customer_link(session, ctx, stripe_id)
-    if link is not None:
-        email, deleted, current = link
-        desired = None
-        if email is not None and not deleted:
-            desired = (await ensure_contacts(session, ctx, [email], changes)).get(email)
+    links = await repository.customer_links(session, ctx, stripe_ids)
+    live = {email for email, deleted, _ in links.values() if email is not None and not deleted}
+    by_email = await ensure_contacts(session, ctx, live, changes)
+    moved = []
+    for stripe_id, (email, deleted, current) in links.items():
+        desired = by_email.get(email) if email is not None and not deleted else None
         if desired != current:
-            await repository.set_customer_contact(session, ctx, stripe_id, desired)
+            moved.append((stripe_id, desired))
         changes.touch(current, desired)
-    await relink_payments(session, ctx, changes, customer_id=stripe_id)
+    await repository.set_customer_contacts(session, ctx, moved)
+    await relink_payments(session, ctx, changes, customer_ids=stripe_ids)
 
 
-async def relink_checkout(
-    session: AsyncSession, ctx: ActivityContext, stripe_id: str, changes: Changes
-) -> int | None:
-    link = await repository.checkout_link(session, ctx, stripe_id)
-    if link is None:
-        return None
-    email, current, _ = link
-    desired = (await ensure_contacts(session, ctx, [email], changes)).get(email) if email else None
-    if desired != current:
-        await repository.set_checkout_contact(session, ctx, stripe_id, desired)
-        changes.touch(current, desired)
-    return desired
+async def relink_checkouts(
+    session: AsyncSession, ctx: ActivityContext, stripe_ids: Collection[str], changes: Changes
+) -> dict[str, tuple[int | None, str | None]]:
+    """Link each stored checkout session to the contact of its email; answers
+    (contact_id, promotions) per session."""
+    links = await repository.checkout_links(session, ctx, stripe_ids)
+    emails = {email for email, _, _ in links.values() if email}
+    by_email = await ensure_contacts(session, ctx, emails, changes)
+    moved = []
+    linked: dict[str, tuple[int | None, str | None]] = {}
+    for stripe_id, (email, current, promotions) in links.items():
+        desired = by_email.get(email) if email else None
+        if desired != current:
+            moved.append((stripe_id, desired))
+            changes.touch(current, desired)
+        linked[stripe_id] = (desired, promotions)
+    await repository.set_checkout_contacts(session, ctx, moved)
+    return linked
 
 
 async def finish(session: AsyncSession, ctx: ActivityContext, changes: Changes) -> list[int]:

@@ -27,7 +27,7 @@ permutation of any multiset of snapshots ends in the same row:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, String, bindparam, text
@@ -65,9 +65,13 @@ def _key(ctx: ActivityContext) -> dict[str, Any]:
     return {"account_id": ctx.account_id, "livemode": ctx.livemode}
 
 
-async def upsert_customer(
-    session: AsyncSession, ctx: ActivityContext, snap: CustomerSnapshot
+async def upsert_customers(
+    session: AsyncSession, ctx: ActivityContext, snaps: Sequence[CustomerSnapshot]
 ) -> None:
+    """One statement, executed for every snapshot in one round trip (in stripe_id order, so
+    concurrent writers lock rows in the same order); a repeated id simply merges twice."""
+    if not snaps:
+        return
     await session.execute(
         text(
             """
@@ -85,18 +89,21 @@ async def upsert_customer(
                 OR (EXCLUDED.observed_at, EXCLUDED.digest) > (c.observed_at, c.digest))
             """
         ),
-        {
-            **_key(ctx),
-            "stripe_id": snap.stripe_id,
-            "email": snap.email,
-            "email_problem": snap.email_problem,
-            "name": snap.name,
-            "country": snap.country,
-            "created": snap.created,
-            "deleted": snap.deleted,
-            "observed_at": ctx.observed_at,
-            "digest": snap.digest,
-        },
+        [
+            {
+                **_key(ctx),
+                "stripe_id": snap.stripe_id,
+                "email": snap.email,
+                "email_problem": snap.email_problem,
+                "name": snap.name,
+                "country": snap.country,
+                "created": snap.created,
+                "deleted": snap.deleted,
+                "observed_at": ctx.observed_at,
+                "digest": snap.digest,
+            }
+            for snap in sorted(snaps, key=lambda snap: snap.stripe_id)
+        ],
     )
 
 
@@ -120,9 +127,11 @@ _NEWER_GUEST_EMAIL = (
 )
 
 
-async def upsert_payment(
-    session: AsyncSession, ctx: ActivityContext, snap: PaymentSnapshot
+async def upsert_payments(
+    session: AsyncSession, ctx: ActivityContext, snaps: Sequence[PaymentSnapshot]
 ) -> None:
+    if not snaps:
+        return
     await session.execute(
         text(
             f"""
@@ -158,30 +167,35 @@ async def upsert_payment(
                 updated_at = now()
             """  # noqa: S608 - only constants are interpolated
         ),
-        {
-            **_key(ctx),
-            "charge_id": snap.charge_id,
-            "payment_intent_id": snap.payment_intent_id,
-            "invoice_id": snap.invoice_id,
-            "customer_id": snap.customer_id,
-            "guest_email": snap.guest_email,
-            "guest_email_at": ctx.observed_at if snap.guest_email else None,
-            "billing_name": snap.billing_name,
-            "billing_country": snap.billing_country,
-            "amount": snap.amount,
-            "amount_refunded": snap.amount_refunded,
-            "currency": snap.currency,
-            "status": snap.status,
-            "created": snap.created,
-            "charge_seen": snap.charge_seen,
-            "refunded_at": snap.refunded_at,
-        },
+        [
+            {
+                **_key(ctx),
+                "charge_id": snap.charge_id,
+                "payment_intent_id": snap.payment_intent_id,
+                "invoice_id": snap.invoice_id,
+                "customer_id": snap.customer_id,
+                "guest_email": snap.guest_email,
+                "guest_email_at": ctx.observed_at if snap.guest_email else None,
+                "billing_name": snap.billing_name,
+                "billing_country": snap.billing_country,
+                "amount": snap.amount,
+                "amount_refunded": snap.amount_refunded,
+                "currency": snap.currency,
+                "status": snap.status,
+                "created": snap.created,
+                "charge_seen": snap.charge_seen,
+                "refunded_at": snap.refunded_at,
+            }
+            for snap in sorted(snaps, key=lambda snap: snap.charge_id)
+        ],
     )
 
 
-async def upsert_subscription(
-    session: AsyncSession, ctx: ActivityContext, snap: SubscriptionSnapshot
+async def upsert_subscriptions(
+    session: AsyncSession, ctx: ActivityContext, snaps: Sequence[SubscriptionSnapshot]
 ) -> None:
+    if not snaps:
+        return
     ranks = ",".join(f"'{s}'" for s in SUBSCRIPTION_STATUS_RANK)
     terminal = ",".join(f"'{s}'" for s in TERMINAL_SUBSCRIPTION)
 
@@ -205,20 +219,25 @@ async def upsert_subscription(
             WHERE {order("EXCLUDED")} > {order("s")}
             """  # noqa: S608 - only constants are interpolated
         ),
-        {
-            **_key(ctx),
-            "stripe_id": snap.stripe_id,
-            "customer_id": snap.customer_id,
-            "status": snap.status,
-            "created": snap.created,
-            "observed_at": ctx.observed_at,
-        },
+        [
+            {
+                **_key(ctx),
+                "stripe_id": snap.stripe_id,
+                "customer_id": snap.customer_id,
+                "status": snap.status,
+                "created": snap.created,
+                "observed_at": ctx.observed_at,
+            }
+            for snap in sorted(snaps, key=lambda snap: snap.stripe_id)
+        ],
     )
 
 
-async def upsert_checkout(
-    session: AsyncSession, ctx: ActivityContext, snap: CheckoutSnapshot
+async def upsert_checkouts(
+    session: AsyncSession, ctx: ActivityContext, snaps: Sequence[CheckoutSnapshot]
 ) -> None:
+    if not snaps:
+        return
     await session.execute(
         text(
             """
@@ -229,137 +248,148 @@ async def upsert_checkout(
             ON CONFLICT (account_id, livemode, stripe_id) DO NOTHING
             """
         ),
-        {
-            **_key(ctx),
-            "stripe_id": snap.stripe_id,
-            "customer_id": snap.customer_id,
-            "payment_intent_id": snap.payment_intent_id,
-            "email": snap.email,
-            "promotions": snap.promotions,
-            "created": snap.created,
-        },
+        [
+            {
+                **_key(ctx),
+                "stripe_id": snap.stripe_id,
+                "customer_id": snap.customer_id,
+                "payment_intent_id": snap.payment_intent_id,
+                "email": snap.email,
+                "promotions": snap.promotions,
+                "created": snap.created,
+            }
+            for snap in sorted(snaps, key=lambda snap: snap.stripe_id)
+        ],
     )
 
 
 # --- links -----------------------------------------------------------------------------
+_SIDS = bindparam("sids", type_=ARRAY(String))
 
 
-async def customer_link(
-    session: AsyncSession, ctx: ActivityContext, stripe_id: str
-) -> tuple[str | None, bool, int | None] | None:
-    """(email, deleted, contact_id) of a stored customer, locked; None when not stored."""
-    row = (
-        await session.execute(
-            text(
-                """
-                SELECT email, deleted, contact_id FROM stripe_customers
-                WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
-                FOR UPDATE
-                """
-            ),
-            {**_key(ctx), "sid": stripe_id},
-        )
-    ).one_or_none()
-    return None if row is None else (row.email, row.deleted, row.contact_id)
+async def _locked_by_stripe_id(
+    session: AsyncSession, ctx: ActivityContext, table: str, stripe_ids: Collection[str]
+) -> list[Any]:
+    """The rows of these ids in `table` (a constant), locked in id order."""
+    result = await session.execute(
+        text(
+            f"""
+            SELECT * FROM {table}
+            WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = ANY(:sids)
+            ORDER BY stripe_id
+            FOR UPDATE
+            """  # noqa: S608 - the table name is a constant
+        ).bindparams(_SIDS),
+        {**_key(ctx), "sids": sorted(stripe_ids)},
+    )
+    return list(result.all())
 
 
-async def set_customer_contact(
-    session: AsyncSession, ctx: ActivityContext, stripe_id: str, contact_id: int | None
+async def _set_contacts(
+    session: AsyncSession,
+    ctx: ActivityContext,
+    table: str,
+    links: Sequence[tuple[str, int | None]],
 ) -> None:
+    """(stripe_id, contact_id) pairs of `table` (a constant), written in one round trip."""
+    if not links:
+        return
     await session.execute(
         text(
-            """
-            UPDATE stripe_customers SET contact_id = :cid
+            f"""
+            UPDATE {table} SET contact_id = :cid
             WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
-            """
+            """  # noqa: S608 - the table name is a constant
         ),
-        {**_key(ctx), "sid": stripe_id, "cid": contact_id},
+        [{**_key(ctx), "sid": sid, "cid": cid} for sid, cid in links],
     )
+
+
+async def customer_links(
+    session: AsyncSession, ctx: ActivityContext, stripe_ids: Collection[str]
+) -> dict[str, tuple[str | None, bool, int | None]]:
+    """(email, deleted, contact_id) of each stored customer, locked."""
+    rows = await _locked_by_stripe_id(session, ctx, "stripe_customers", stripe_ids)
+    return {row.stripe_id: (row.email, row.deleted, row.contact_id) for row in rows}
+
+
+async def set_customer_contacts(
+    session: AsyncSession, ctx: ActivityContext, links: Sequence[tuple[str, int | None]]
+) -> None:
+    await _set_contacts(session, ctx, "stripe_customers", links)
 
 
 async def payment_links(
     session: AsyncSession,
     ctx: ActivityContext,
     *,
-    charge_id: str | None = None,
-    customer_id: str | None = None,
+    charge_ids: Collection[str] = (),
+    customer_ids: Collection[str] = (),
 ) -> list[Any]:
     """Rows (id, contact_id, guest_email, has_customer, customer_deleted, customer_contact)
-    of the payments of one charge or of one customer, locked."""
-    column = "charge_id" if charge_id is not None else "customer_id"
+    of the payments of these charges and of these customers, locked in id order."""
     result = await session.execute(
         text(
-            f"""
+            """
             SELECT p.id, p.contact_id, p.guest_email, cu.id IS NOT NULL AS has_customer,
                 coalesce(cu.deleted, false) AS customer_deleted,
                 cu.contact_id AS customer_contact
             FROM payments p
             LEFT JOIN stripe_customers cu ON cu.account_id = p.account_id
                 AND cu.livemode = p.livemode AND cu.stripe_id = p.customer_id
-            WHERE p.account_id = :account_id AND p.livemode = :livemode AND p.{column} = :v
+            WHERE p.account_id = :account_id AND p.livemode = :livemode
+                AND (p.charge_id = ANY(:charges) OR p.customer_id = ANY(:customers))
             ORDER BY p.id
             FOR UPDATE OF p
-            """  # noqa: S608 - the column name is one of two constants
+            """
+        ).bindparams(
+            bindparam("charges", type_=ARRAY(String)), bindparam("customers", type_=ARRAY(String))
         ),
-        {**_key(ctx), "v": charge_id if charge_id is not None else customer_id},
+        {**_key(ctx), "charges": sorted(charge_ids), "customers": sorted(customer_ids)},
     )
     return list(result.all())
 
 
-async def set_payment_contact(
-    session: AsyncSession, payment_id: int, contact_id: int | None
+async def set_payment_contacts(
+    session: AsyncSession, links: Sequence[tuple[int, int | None]]
 ) -> None:
+    """(payment id, contact_id) pairs, written in one round trip."""
+    if not links:
+        return
     await session.execute(
         text("UPDATE payments SET contact_id = :cid WHERE id = :id"),
-        {"id": payment_id, "cid": contact_id},
+        [{"id": pid, "cid": cid} for pid, cid in links],
     )
 
 
-async def checkout_link(
-    session: AsyncSession, ctx: ActivityContext, stripe_id: str
-) -> tuple[str | None, int | None, str | None] | None:
-    row = (
-        await session.execute(
-            text(
-                """
-                SELECT email, contact_id, promotions FROM checkout_sessions
-                WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
-                FOR UPDATE
-                """
-            ),
-            {**_key(ctx), "sid": stripe_id},
-        )
-    ).one_or_none()
-    return None if row is None else (row.email, row.contact_id, row.promotions)
+async def checkout_links(
+    session: AsyncSession, ctx: ActivityContext, stripe_ids: Collection[str]
+) -> dict[str, tuple[str | None, int | None, str | None]]:
+    """(email, contact_id, promotions) of each stored checkout session, locked."""
+    rows = await _locked_by_stripe_id(session, ctx, "checkout_sessions", stripe_ids)
+    return {row.stripe_id: (row.email, row.contact_id, row.promotions) for row in rows}
 
 
-async def set_checkout_contact(
-    session: AsyncSession, ctx: ActivityContext, stripe_id: str, contact_id: int | None
+async def set_checkout_contacts(
+    session: AsyncSession, ctx: ActivityContext, links: Sequence[tuple[str, int | None]]
 ) -> None:
-    await session.execute(
-        text(
-            """
-            UPDATE checkout_sessions SET contact_id = :cid
-            WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
-            """
-        ),
-        {**_key(ctx), "sid": stripe_id, "cid": contact_id},
-    )
+    await _set_contacts(session, ctx, "checkout_sessions", links)
 
 
-async def contact_of_customer(
-    session: AsyncSession, ctx: ActivityContext, stripe_id: str
-) -> int | None:
-    value = await session.scalar(
+async def contacts_of_customers(
+    session: AsyncSession, ctx: ActivityContext, stripe_ids: Collection[str]
+) -> set[int]:
+    rows = await session.scalars(
         text(
             """
             SELECT contact_id FROM stripe_customers WHERE account_id = :account_id
-            AND livemode = :livemode AND stripe_id = :sid AND NOT deleted
+            AND livemode = :livemode AND stripe_id = ANY(:sids) AND NOT deleted
+            AND contact_id IS NOT NULL
             """
-        ),
-        {**_key(ctx), "sid": stripe_id},
+        ).bindparams(_SIDS),
+        {**_key(ctx), "sids": sorted(stripe_ids)},
     )
-    return int(value) if value is not None else None
+    return {int(i) for i in rows.all()}
 
 
 # --- contacts --------------------------------------------------------------------------
@@ -395,23 +425,34 @@ async def contact_ids_by_email(
 async def insert_contacts(
     session: AsyncSession, account_id: str, rows: Iterable[tuple[str, str, str]]
 ) -> dict[str, int]:
-    """Insert (email, domain, consent_state) rows that do not exist yet; returns the new ids."""
-    created: dict[str, int] = {}
-    for email, domain, state in rows:
-        new_id = await session.scalar(
-            text(
-                """
-                INSERT INTO contacts (account_id, email, email_domain, consent_state)
-                VALUES (:account_id, :email, :domain, :state)
-                ON CONFLICT (account_id, email) DO NOTHING
-                RETURNING id
-                """
-            ),
-            {"account_id": account_id, "email": email, "domain": domain, "state": state},
-        )
-        if new_id is not None:
-            created[email] = int(new_id)
-    return created
+    """Insert (email, domain, consent_state) rows that do not exist yet, in one statement
+    (email order); returns the new ids."""
+    ordered = sorted(rows)
+    if not ordered:
+        return {}
+    result = await session.execute(
+        text(
+            """
+            INSERT INTO contacts (account_id, email, email_domain, consent_state)
+            SELECT :account_id, r.email, r.domain, r.state
+            FROM unnest(:emails, :domains, :states) AS r(email, domain, state)
+            ORDER BY r.email
+            ON CONFLICT (account_id, email) DO NOTHING
+            RETURNING id, email
+            """
+        ).bindparams(
+            _EMAILS,
+            bindparam("domains", type_=ARRAY(String)),
+            bindparam("states", type_=ARRAY(String)),
+        ),
+        {
+            "account_id": account_id,
+            "emails": [r[0] for r in ordered],
+            "domains": [r[1] for r in ordered],
+            "states": [r[2] for r in ordered],
+        },
+    )
+    return {row.email: int(row.id) for row in result}
 
 
 # Consent states nobody but Stripe activity put there: such a contact disappears with its

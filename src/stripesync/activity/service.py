@@ -14,7 +14,7 @@ times. Webhooks apply one object per event and keep finishing immediately.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -93,24 +93,43 @@ async def _finish(
     return []
 
 
-async def _is_suppressed(session: AsyncSession, ctx: ActivityContext, email: str | None) -> bool:
-    if email is None:
-        return False
-    return bool(await linking.suppressed_emails(session, ctx.account_id, [email]))
+async def _suppressed(
+    session: AsyncSession, ctx: ActivityContext, emails: Iterable[str | None]
+) -> set[str]:
+    wanted = {e for e in emails if e is not None}
+    return await linking.suppressed_emails(session, ctx.account_id, wanted) if wanted else set()
+
+
+# Each apply function takes a batch of objects of one kind (a webhook: a batch of one; an
+# import: a page) and answers one `Applied` per object, in order. A batch costs a fixed
+# number of statements, whatever its size: every step below is set-based.
+
+
+async def apply_customers(
+    session: AsyncSession,
+    ctx: ActivityContext,
+    objs: Sequence[StripeObject],
+    *,
+    deleted: bool = False,
+) -> list[Applied]:
+    """customer.created / updated / deleted (and list results); `deleted` for tombstones."""
+    snaps = [customer_snapshot(obj, deleted=deleted) for obj in objs]
+    suppressed = await _suppressed(session, ctx, (snap.email for snap in snaps))
+    snaps = [
+        replace(snap, email=None, email_problem=SUPPRESSED) if snap.email in suppressed else snap
+        for snap in snaps
+    ]
+    await repository.upsert_customers(session, ctx, snaps)
+    changes = linking.Changes()
+    await linking.relink_customers(session, ctx, {snap.stripe_id for snap in snaps}, changes)
+    changed = await _finish(session, ctx, changes)
+    return [Applied(changed, None if snap.deleted else snap.email_problem) for snap in snaps]
 
 
 async def apply_customer(
     session: AsyncSession, ctx: ActivityContext, obj: StripeObject, *, deleted: bool = False
 ) -> Applied:
-    """customer.created / customer.updated (and list results); `deleted` for tombstones."""
-    snap = customer_snapshot(obj, deleted=deleted)
-    if await _is_suppressed(session, ctx, snap.email):
-        snap = replace(snap, email=None, email_problem=SUPPRESSED)
-    await repository.upsert_customer(session, ctx, snap)
-    changes = linking.Changes()
-    await linking.relink_customer(session, ctx, snap.stripe_id, changes)
-    changed = await _finish(session, ctx, changes)
-    return Applied(changed, None if snap.deleted else snap.email_problem)
+    return (await apply_customers(session, ctx, [obj], deleted=deleted))[0]
 
 
 async def detach_customer(
@@ -121,61 +140,94 @@ async def detach_customer(
     return await apply_customer(session, ctx, obj, deleted=True)
 
 
-async def _apply_payment(
-    session: AsyncSession, ctx: ActivityContext, snap: PaymentSnapshot | None
-) -> Applied:
-    if snap is None:
-        return Applied()
-    if await _is_suppressed(session, ctx, snap.guest_email):
-        snap = replace(snap, guest_email=None)
-    await repository.upsert_payment(session, ctx, snap)
+async def _apply_payments(
+    session: AsyncSession, ctx: ActivityContext, found: Sequence[PaymentSnapshot | None]
+) -> list[Applied]:
+    snaps = [snap for snap in found if snap is not None]
+    if not snaps:
+        return [Applied() for _ in found]
+    suppressed = await _suppressed(session, ctx, (snap.guest_email for snap in snaps))
+    snaps = [
+        replace(snap, guest_email=None) if snap.guest_email in suppressed else snap
+        for snap in snaps
+    ]
+    await repository.upsert_payments(session, ctx, snaps)
     changes = linking.Changes()
-    await linking.relink_payments(session, ctx, changes, charge_id=snap.charge_id)
-    return Applied(await _finish(session, ctx, changes))
+    await linking.relink_payments(
+        session, ctx, changes, charge_ids={snap.charge_id for snap in snaps}
+    )
+    changed = await _finish(session, ctx, changes)
+    return [Applied() if snap is None else Applied(changed) for snap in found]
+
+
+async def apply_charges(
+    session: AsyncSession, ctx: ActivityContext, objs: Sequence[StripeObject]
+) -> list[Applied]:
+    """charge.succeeded / failed / refunded / updated: the canonical payment."""
+    return await _apply_payments(session, ctx, [charge_snapshot(o, ctx.observed_at) for o in objs])
 
 
 async def apply_charge(session: AsyncSession, ctx: ActivityContext, obj: StripeObject) -> Applied:
-    """charge.succeeded / failed / refunded / updated: the canonical payment."""
-    return await _apply_payment(session, ctx, charge_snapshot(obj, ctx.observed_at))
+    return (await apply_charges(session, ctx, [obj]))[0]
 
 
 async def apply_payment_intent(
     session: AsyncSession, ctx: ActivityContext, obj: StripeObject
 ) -> Applied:
     """payment_intent.succeeded / payment_failed: counted under its `latest_charge`."""
-    return await _apply_payment(session, ctx, payment_intent_snapshot(obj))
+    return (await _apply_payments(session, ctx, [payment_intent_snapshot(obj)]))[0]
 
 
 async def apply_invoice(session: AsyncSession, ctx: ActivityContext, obj: StripeObject) -> Applied:
     """invoice.paid / payment_succeeded / payment_failed: counted under `invoice.charge`."""
-    return await _apply_payment(session, ctx, invoice_snapshot(obj))
+    return (await _apply_payments(session, ctx, [invoice_snapshot(obj)]))[0]
+
+
+async def apply_subscriptions(
+    session: AsyncSession,
+    ctx: ActivityContext,
+    objs: Sequence[StripeObject],
+    *,
+    deleted: bool = False,
+) -> list[Applied]:
+    snaps = [subscription_snapshot(obj, deleted=deleted) for obj in objs]
+    kept = [snap for snap in snaps if snap.customer_id]
+    if not kept:
+        return [Applied() for _ in snaps]
+    await repository.upsert_subscriptions(session, ctx, kept)
+    changes = linking.Changes()
+    changes.touch(
+        *await repository.contacts_of_customers(session, ctx, {s.customer_id for s in kept})
+    )
+    changed = await _finish(session, ctx, changes)
+    return [Applied(changed) if snap.customer_id else Applied() for snap in snaps]
 
 
 async def apply_subscription(
     session: AsyncSession, ctx: ActivityContext, obj: StripeObject, *, deleted: bool = False
 ) -> Applied:
-    snap = subscription_snapshot(obj, deleted=deleted)
-    if not snap.customer_id:
-        return Applied()
-    await repository.upsert_subscription(session, ctx, snap)
-    changes = linking.Changes()
-    changes.touch(await repository.contact_of_customer(session, ctx, snap.customer_id))
-    return Applied(await _finish(session, ctx, changes))
+    return (await apply_subscriptions(session, ctx, [obj], deleted=deleted))[0]
 
 
-async def apply_checkout_session(
-    session: AsyncSession, ctx: ActivityContext, obj: StripeObject
-) -> Applied:
+async def apply_checkout_sessions(
+    session: AsyncSession, ctx: ActivityContext, objs: Sequence[StripeObject]
+) -> list[Applied]:
     """checkout.session.completed: the buyer (a guest when `customer` is null) and, when
     they ticked the promotions box, their own explicit consent."""
-    snap = checkout_snapshot(obj)
-    if await _is_suppressed(session, ctx, snap.email):
-        snap = replace(snap, email=None, email_problem=SUPPRESSED)
-    await repository.upsert_checkout(session, ctx, snap)
+    snaps = [checkout_snapshot(obj) for obj in objs]
+    suppressed = await _suppressed(session, ctx, (snap.email for snap in snaps))
+    snaps = [
+        replace(snap, email=None, email_problem=SUPPRESSED) if snap.email in suppressed else snap
+        for snap in snaps
+    ]
+    await repository.upsert_checkouts(session, ctx, snaps)
     changes = linking.Changes()
-    contact_id = await linking.relink_checkout(session, ctx, snap.stripe_id, changes)
-    stored = await repository.checkout_link(session, ctx, snap.stripe_id)
-    if contact_id is not None and stored is not None and stored[2] == "opt_in":
+    linked = await linking.relink_checkouts(session, ctx, {s.stripe_id for s in snaps}, changes)
+    created = {snap.stripe_id: snap.created for snap in snaps}
+    for stripe_id, (contact_id, promotions) in sorted(linked.items()):
+        if contact_id is None or promotions != "opt_in":
+            continue
+        at = created.get(stripe_id)
         confirmed = await consent.record_consent(
             session,
             ctx.account_id,
@@ -183,12 +235,19 @@ async def apply_checkout_session(
             ConsentState.CONFIRMED,
             source="stripe_checkout",
             evidence={
-                "checkout_session": snap.stripe_id,
+                "checkout_session": stripe_id,
                 "consent.promotions": "opt_in",
                 "livemode": ctx.livemode,
-                "session_created": snap.created.isoformat() if snap.created else None,
+                "session_created": at.isoformat() if at else None,
             },
         )
         if confirmed:
             changes.changed.add(contact_id)
-    return Applied(await _finish(session, ctx, changes), snap.email_problem)
+    changed = await _finish(session, ctx, changes)
+    return [Applied(changed, snap.email_problem) for snap in snaps]
+
+
+async def apply_checkout_session(
+    session: AsyncSession, ctx: ActivityContext, obj: StripeObject
+) -> Applied:
+    return (await apply_checkout_sessions(session, ctx, [obj]))[0]

@@ -36,37 +36,39 @@ async def apply_objects(
     *,
     job_started_at: datetime,
 ) -> Counter[str]:
-    """Apply one page of `resource` objects; answers the outcome counts."""
+    """Apply one page of `resource` objects (one batch per kind); answers the outcome counts."""
     counts: Counter[str] = Counter()
     people: list[str] = []
+    live = [obj for obj in objects if bool(obj.get("livemode", ctx.livemode)) == ctx.livemode]
+    if len(live) < len(objects):
+        counts["skipped.test_mode"] += len(objects) - len(live)  # never touches live data
+    if live:
+        counts[f"imported.{resource}"] += len(live)
     async with service.deferred_finish(session, ctx):
-        for obj in objects:
-            if bool(obj.get("livemode", ctx.livemode)) != ctx.livemode:
-                counts["skipped.test_mode"] += 1  # a test object never touches live data
-                continue
-            counts[f"imported.{resource}"] += 1
-            if resource == "customers":
-                if obj.get("deleted") is True:
-                    await service.detach_customer(session, ctx, obj)
-                    continue
-                applied = await service.apply_customer(session, ctx, obj)
-                email = customer_snapshot(obj).email
-            elif resource == "checkout_sessions":
-                applied = await service.apply_checkout_session(session, ctx, obj)
-                email = checkout_snapshot(obj).email
-            elif resource == "charges":
-                await service.apply_charge(session, ctx, obj)
+        if resource == "customers":
+            gone = [obj for obj in live if obj.get("deleted") is True]
+            present = [obj for obj in live if obj.get("deleted") is not True]
+            await service.apply_customers(session, ctx, gone, deleted=True)
+            applied = await service.apply_customers(session, ctx, present)
+            emails = [customer_snapshot(obj).email for obj in present]
+        elif resource == "checkout_sessions":
+            applied = await service.apply_checkout_sessions(session, ctx, live)
+            emails = [checkout_snapshot(obj).email for obj in live]
+        elif resource == "charges":
+            await service.apply_charges(session, ctx, live)
+            for obj in live:
                 snap = charge_snapshot(obj, ctx.observed_at)
                 if snap is not None and snap.customer_id is None and snap.guest_email is None:
                     counts["skipped.no_email"] += 1  # a guest payment nobody can be reached for
-                continue
-            elif resource == "subscriptions":
-                await service.apply_subscription(session, ctx, obj)
-                continue
-            else:  # pragma: no cover - the plan only holds the lists above
-                raise ValueError(f"unknown list {resource}")
-            if applied.skipped_reason is not None:
-                counts[f"skipped.{applied.skipped_reason}"] += 1
+            applied, emails = [], []
+        elif resource == "subscriptions":
+            await service.apply_subscriptions(session, ctx, live)
+            applied, emails = [], []
+        else:  # pragma: no cover - the plan only holds the lists above
+            raise ValueError(f"unknown list {resource}")
+        for result, email in zip(applied, emails, strict=True):
+            if result.skipped_reason is not None:
+                counts[f"skipped.{result.skipped_reason}"] += 1
             elif email is not None:
                 people.append(email)
     if people:
