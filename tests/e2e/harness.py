@@ -355,6 +355,10 @@ class World:
             "STRIPESYNC_MAIL_RETRY_BASE_SECONDS": "2",
             "STRIPESYNC_MAIL_PER_SECOND": "50",
             "STRIPESYNC_IMPORT_LEASE_SECONDS": "5",
+            # A killed worker's running jobs wait this + 10 s (arq's in-progress key) before
+            # any worker may run them again: short here, so a SIGKILL test converges within
+            # its two minutes (the default is 300 s). Longer work runs in 15 s slices.
+            "STRIPESYNC_JOB_TIMEOUT_SECONDS": "30",
             "STRIPESYNC_STRIPE_IMPORT_TEST_REQUESTS_PER_SECOND": "200",
             # One reader: with several, a window split while another split's new window
             # has no id yet fails the import (NoResultFound in imports.repository.split_window;

@@ -107,12 +107,6 @@ async def test_fault_free_both_modes_end_on_the_lists_segments_md_defines(
     assert summary["acc_optin"]["optin_emails"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs in flight when the worker dies keep arq's in-progress key for the longest "
-    "job timeout + 10 s (3610 s, sync_account's 3600 s): their events and the account's "
-    "sync:<account> job wait up to an hour after the restart (nothing is lost, it is late)",
-)
 async def test_worker_sigkilled_mid_load_restarts_and_loses_nothing(
     make_world: Callable[..., Any],
 ) -> None:
