@@ -337,8 +337,12 @@ async def payment_links(
             FROM payments p
             LEFT JOIN stripe_customers cu ON cu.account_id = p.account_id
                 AND cu.livemode = p.livemode AND cu.stripe_id = p.customer_id
-            WHERE p.account_id = :account_id AND p.livemode = :livemode
-                AND (p.charge_id = ANY(:charges) OR p.customer_id = ANY(:customers))
+            WHERE p.id IN (
+                SELECT id FROM payments WHERE account_id = :account_id
+                    AND livemode = :livemode AND charge_id = ANY(:charges)
+                UNION
+                SELECT id FROM payments WHERE account_id = :account_id
+                    AND livemode = :livemode AND customer_id = ANY(:customers))
             ORDER BY p.id
             FOR UPDATE OF p
             """
@@ -489,69 +493,7 @@ _COUNTED = "p.status = 'succeeded' AND p.amount_refunded < p.amount"
 # Recompute the activity fields of segments.md from stored rows, and write only the contacts
 # whose values differ (bumping `version`, the sync engine's change feed).
 _REFRESH_ACTIVITY = f"""
-WITH ids AS (SELECT unnest(:ids) AS id),
-pay AS (
-    SELECT p.contact_id AS id,
-        count(*) FILTER (WHERE {_COUNTED}) AS purchase_count,
-        min(p.created) FILTER (WHERE {_COUNTED}) AS first_purchase_at,
-        max(p.created) FILTER (WHERE {_COUNTED}) AS last_purchase_at,
-        max(p.created) FILTER (WHERE p.status = 'failed') AS last_failed_at,
-        max(p.created) FILTER (WHERE p.status = 'succeeded') AS last_success_at,
-        count(*) FILTER (WHERE p.status = 'succeeded' AND p.amount_refunded > 0)
-            AS refund_count,
-        max(p.refunded_at) FILTER (WHERE p.status = 'succeeded' AND p.amount_refunded > 0)
-            AS last_refund_at
-    FROM payments p
-    WHERE p.contact_id IN (SELECT id FROM ids) AND p.livemode = :livemode
-    GROUP BY p.contact_id
-),
-spent AS (
-    SELECT id, jsonb_object_agg(currency, total) AS total_spent FROM (
-        SELECT p.contact_id AS id, p.currency, sum(p.amount - p.amount_refunded)::bigint AS total
-        FROM payments p
-        WHERE p.contact_id IN (SELECT id FROM ids) AND p.livemode = :livemode AND {_COUNTED}
-        GROUP BY p.contact_id, p.currency
-    ) per_currency GROUP BY id
-),
-cust AS (
-    SELECT s.contact_id AS id, min(s.created) AS customer_created_at
-    FROM stripe_customers s
-    WHERE s.contact_id IN (SELECT id FROM ids) AND NOT s.deleted AND s.livemode = :livemode
-    GROUP BY s.contact_id
-),
-subs AS (
-    SELECT cu.contact_id AS id, min(CASE sub.status
-        WHEN 'active' THEN 1 WHEN 'trialing' THEN 2 WHEN 'past_due' THEN 3
-        WHEN 'unpaid' THEN 3 WHEN 'canceled' THEN 4 WHEN 'incomplete_expired' THEN 4
-        WHEN 'paused' THEN 4 ELSE 5 END) AS best
-    FROM subscriptions sub
-    JOIN stripe_customers cu ON cu.account_id = sub.account_id
-        AND cu.livemode = sub.livemode AND cu.stripe_id = sub.customer_id
-    WHERE cu.contact_id IN (SELECT id FROM ids) AND NOT cu.deleted AND cu.livemode = :livemode
-    GROUP BY cu.contact_id
-),
-person AS (
-    -- name and country: the newest customer's, else the newest payment's billing details
-    SELECT ids.id,
-        (SELECT v FROM (
-            SELECT s.name AS v, 0 AS pri, s.created AS at, s.stripe_id AS k
-            FROM stripe_customers s WHERE s.contact_id = ids.id AND NOT s.deleted
-                AND s.livemode = :livemode AND s.name IS NOT NULL
-            UNION ALL
-            SELECT p.billing_name, 1, p.created, p.charge_id FROM payments p
-            WHERE p.contact_id = ids.id AND p.livemode = :livemode AND p.billing_name IS NOT NULL
-        ) n ORDER BY pri, at DESC NULLS LAST, k LIMIT 1) AS name,
-        (SELECT v FROM (
-            SELECT s.country AS v, 0 AS pri, s.created AS at, s.stripe_id AS k
-            FROM stripe_customers s WHERE s.contact_id = ids.id AND NOT s.deleted
-                AND s.livemode = :livemode AND s.country IS NOT NULL
-            UNION ALL
-            SELECT p.billing_country, 1, p.created, p.charge_id FROM payments p
-            WHERE p.contact_id = ids.id AND p.livemode = :livemode
-                AND p.billing_country IS NOT NULL
-        ) c ORDER BY pri, at DESC NULLS LAST, k LIMIT 1) AS country
-    FROM ids
-),
+WITH ids AS MATERIALIZED (SELECT DISTINCT unnest(:ids) AS id),
 fresh AS (
     SELECT ids.id,
         coalesce(pay.purchase_count, 0)::int AS purchase_count,
@@ -567,11 +509,68 @@ fresh AS (
             AS subscription_status,
         person.name, person.country
     FROM ids
-    LEFT JOIN pay ON pay.id = ids.id
-    LEFT JOIN spent ON spent.id = ids.id
-    LEFT JOIN cust ON cust.id = ids.id
-    LEFT JOIN subs ON subs.id = ids.id
-    LEFT JOIN person ON person.id = ids.id
+    -- Each part is a lateral look-up of one contact's rows through the contact_id indexes,
+    -- so the plan stays a few index scans per contact however stale the statistics are
+    -- (an import grows these tables faster than autovacuum analyses them).
+    CROSS JOIN LATERAL (
+        SELECT
+            count(*) FILTER (WHERE {_COUNTED}) AS purchase_count,
+            min(p.created) FILTER (WHERE {_COUNTED}) AS first_purchase_at,
+            max(p.created) FILTER (WHERE {_COUNTED}) AS last_purchase_at,
+            max(p.created) FILTER (WHERE p.status = 'failed') AS last_failed_at,
+            max(p.created) FILTER (WHERE p.status = 'succeeded') AS last_success_at,
+            count(*) FILTER (WHERE p.status = 'succeeded' AND p.amount_refunded > 0)
+                AS refund_count,
+            max(p.refunded_at) FILTER (WHERE p.status = 'succeeded' AND p.amount_refunded > 0)
+                AS last_refund_at
+        FROM payments p
+        WHERE p.contact_id = ids.id AND p.livemode = :livemode
+    ) pay
+    CROSS JOIN LATERAL (
+        SELECT jsonb_object_agg(currency, total) AS total_spent FROM (
+            SELECT p.currency, sum(p.amount - p.amount_refunded)::bigint AS total
+            FROM payments p
+            WHERE p.contact_id = ids.id AND p.livemode = :livemode AND {_COUNTED}
+            GROUP BY p.currency
+        ) per_currency
+    ) spent
+    CROSS JOIN LATERAL (
+        SELECT min(s.created) AS customer_created_at
+        FROM stripe_customers s
+        WHERE s.contact_id = ids.id AND NOT s.deleted AND s.livemode = :livemode
+    ) cust
+    CROSS JOIN LATERAL (
+        SELECT min(CASE sub.status
+            WHEN 'active' THEN 1 WHEN 'trialing' THEN 2 WHEN 'past_due' THEN 3
+            WHEN 'unpaid' THEN 3 WHEN 'canceled' THEN 4 WHEN 'incomplete_expired' THEN 4
+            WHEN 'paused' THEN 4 ELSE 5 END) AS best
+        FROM stripe_customers cu
+        JOIN subscriptions sub ON sub.account_id = cu.account_id
+            AND sub.livemode = cu.livemode AND sub.customer_id = cu.stripe_id
+        WHERE cu.contact_id = ids.id AND NOT cu.deleted AND cu.livemode = :livemode
+    ) subs
+    CROSS JOIN LATERAL (
+        -- name and country: the newest customer's, else the newest payment's billing details
+        SELECT
+            (SELECT v FROM (
+                SELECT s.name AS v, 0 AS pri, s.created AS at, s.stripe_id AS k
+                FROM stripe_customers s WHERE s.contact_id = ids.id AND NOT s.deleted
+                    AND s.livemode = :livemode AND s.name IS NOT NULL
+                UNION ALL
+                SELECT p.billing_name, 1, p.created, p.charge_id FROM payments p
+                WHERE p.contact_id = ids.id AND p.livemode = :livemode
+                    AND p.billing_name IS NOT NULL
+            ) n ORDER BY pri, at DESC NULLS LAST, k LIMIT 1) AS name,
+            (SELECT v FROM (
+                SELECT s.country AS v, 0 AS pri, s.created AS at, s.stripe_id AS k
+                FROM stripe_customers s WHERE s.contact_id = ids.id AND NOT s.deleted
+                    AND s.livemode = :livemode AND s.country IS NOT NULL
+                UNION ALL
+                SELECT p.billing_country, 1, p.created, p.charge_id FROM payments p
+                WHERE p.contact_id = ids.id AND p.livemode = :livemode
+                    AND p.billing_country IS NOT NULL
+            ) c ORDER BY pri, at DESC NULLS LAST, k LIMIT 1) AS country
+    ) person
 )
 UPDATE contacts c SET
     purchase_count = f.purchase_count, total_spent = f.total_spent,
