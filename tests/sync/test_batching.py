@@ -7,7 +7,7 @@ from stripesync.clients.constant_contact import (
     MAX_IMPORT_CONTACTS,
     encode_import_body,
 )
-from stripesync.sync.batching import import_batches, membership_batches
+from stripesync.sync.batching import ImportBatcher, import_batches, membership_batches
 
 
 def test_import_batches_hold_at_most_40000_contacts() -> None:
@@ -39,6 +39,31 @@ def test_import_batches_group_identical_list_sets_whatever_the_order() -> None:
     ]
     batches = {b.list_ids: b.keys for b in import_batches(items)}
     assert batches == {("a", "b"): [1, 2], ("a",): [3]}
+
+
+def test_rows_added_in_groups_are_cut_exactly_where_one_by_one_would_cut_them() -> None:
+    # Names with quotes, backslashes and non-ASCII letters: their encoded size is not their
+    # length. Short rows first (batches fill to the count), then long ones (to the byte).
+    rows = [
+        {"email": f"p{n}@x.io", "first_name": 'Zoë "Q" \\ Ōno' * (n // 1_500 * 9 + n % 2)}
+        for n in range(3_000)
+    ]
+    one_by_one = ImportBatcher[int](max_contacts=700, max_bytes=40_000)
+    in_groups = ImportBatcher[int](max_contacts=700, max_bytes=40_000)
+
+    expected = [b for n, row in enumerate(rows) for b in one_by_one.add(n, ["l1"], row)]
+    expected += one_by_one.flush()
+    got = []
+    for start in range(0, len(rows), 250):
+        got += in_groups.add_many(
+            list(range(start, start + 250)), ["l1"], rows[start : start + 250]
+        )
+    got += in_groups.flush()
+
+    assert [(b.keys, b.size) for b in got] == [(b.keys, b.size) for b in expected]
+    assert len(got[0].rows) == 700 and len(got[-2].rows) < 700  # both limits were met
+    for batch in got:
+        assert len(encode_import_body(batch.rows, batch.list_ids)) == batch.size < 40_000
 
 
 def test_membership_batches_hold_at_most_500_ids() -> None:

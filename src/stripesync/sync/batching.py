@@ -2,6 +2,8 @@
 
 `contacts_json_import` silently drops contacts past 40,000 or 4 MB, and membership calls
 take at most 500 contact ids: batches are cut here, from the exact bytes the client sends.
+Rows are sized in groups, one encoding per group, and one by one only where a group would
+cross a batch's limit.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class ImportBatch(Generic[K]):
 
 
 class ImportBatcher(Generic[K]):
-    """Builds import batches incrementally: `add` one row at a time (its encoded size is
-    measured once) and get back the batches that just filled; `flush` the rest at the end.
+    """Builds import batches incrementally: `add` one row at a time, or `add_many` rows
+    for one list set, and get back the batches that just filled; `flush` the rest at the end.
 
     A batch holds rows for one identical list set, at most `max_contacts` of them, and its
     request body stays under `max_bytes`.
@@ -50,9 +52,7 @@ class ImportBatcher(Generic[K]):
 
     def add(self, key: K, list_ids: Sequence[str], row: Mapping[str, str]) -> list[ImportBatch[K]]:
         lists = tuple(sorted(set(list_ids)))
-        empty = self._empty.get(lists)
-        if empty is None:
-            empty = self._empty[lists] = len(encode_import_body([], lists))
+        empty = self._empty_size(lists)
         row_size = len(_encode_row(row))
         if empty + row_size >= self.max_bytes:
             raise ValueError("one contact's row alone is too large to import")
@@ -72,15 +72,57 @@ class ImportBatcher(Generic[K]):
         batch.size += row_size
         return full
 
+    def add_many(
+        self, keys: Sequence[K], list_ids: Sequence[str], rows: Sequence[Mapping[str, str]]
+    ) -> list[ImportBatch[K]]:
+        """`add` each (key, row) for the same lists, sized with one encoding when they all
+        fit in the open batch (or in a new one)."""
+        lists = tuple(sorted(set(list_ids)))
+        if not rows:
+            return []
+        # `[r1,r2,...]`: the rows with the commas between them, plus the brackets.
+        size = len(_ENCODER.encode(list(rows)).encode()) - 2
+        batch = self._open.get(lists)
+        if batch is not None and batch.rows:
+            fits = len(batch.rows) + len(rows) <= self.max_contacts and (
+                batch.size + 1 + size < self.max_bytes
+            )
+            if fits:
+                batch.keys.extend(keys)
+                batch.rows.extend(rows)
+                batch.size += 1 + size
+                return []
+        else:
+            empty = self._empty_size(lists)
+            if len(rows) <= self.max_contacts and empty + size < self.max_bytes:
+                self._open[lists] = ImportBatch[K](lists, list(keys), list(rows), empty + size)
+                return []
+        # Some batch fills on the way: find where, row by row.
+        full: list[ImportBatch[K]] = []
+        for key, row in zip(keys, rows, strict=True):
+            full.extend(self.add(key, lists, row))
+        return full
+
     def flush(self) -> list[ImportBatch[K]]:
         """The batches still open (each non-empty), in the order their list sets appeared."""
         batches = [b for b in self._open.values() if b.rows]
         self._open.clear()
         return batches
 
+    def _empty_size(self, lists: tuple[str, ...]) -> int:
+        empty = self._empty.get(lists)
+        if empty is None:
+            empty = self._empty[lists] = len(encode_import_body([], lists))
+        return empty
+
+
+# Encodes as `encode_import_body` does; made once (json.dumps with options builds an
+# encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 def _encode_row(row: Mapping[str, str]) -> bytes:
-    return json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(row).encode()
 
 
 def import_batches(
