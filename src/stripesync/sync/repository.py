@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -65,22 +64,17 @@ async def lagging_chunk(
     session: AsyncSession, account_id: str, now: datetime, after_id: int, limit: int
 ) -> Sequence[Any]:
     """The next `limit` lagging contacts with id above `after_id` (keyset order), as plain
-    rows of only what a push needs, each with its desired platform lists (`desired`).
+    rows of only what a push needs, each with the ids of its segments (`segments`, sorted:
+    `segment_lists` says which platform list each stands for).
 
-    `total_spent` comes as JSON text and the arrays as the driver decodes them: per-row
-    decoding in Python cost more than the query (100,000 rows a run)."""
-    desired = (
+    `total_spent` comes as JSON text and the arrays as the driver decodes them, and the
+    statement runs on the session's connection, as Core: per-row decoding and ORM row
+    loading in Python cost more than the query (100,000 rows a run)."""
+    segments = (
         select(
-            func.array_agg(aggregate_order_by(Segment.platform_list_id, Segment.platform_list_id))
+            func.array_agg(aggregate_order_by(ContactSegment.segment_id, ContactSegment.segment_id))
         )
-        .select_from(ContactSegment)
-        .join(Segment, Segment.id == ContactSegment.segment_id)
-        .where(
-            ContactSegment.contact_id == Contact.id,
-            Segment.platform_list_id.is_not(None),
-            Segment.platform_list_id != "",
-            Segment.deleted_at.is_(None),
-        )
+        .where(ContactSegment.contact_id == Contact.id)
         .scalar_subquery()
     )
     stmt = (
@@ -96,7 +90,7 @@ async def lagging_chunk(
             Contact.last_purchase_at,
             type_coerce(Contact.synced_lists, NullType()).label("synced_lists"),
             Contact.platform_contact_id,
-            type_coerce(desired, NullType()).label("desired"),
+            type_coerce(segments, NullType()).label("segments"),
         )
         .where(
             Contact.account_id == account_id,
@@ -107,27 +101,21 @@ async def lagging_chunk(
         .order_by(Contact.id)
         .limit(limit)
     )
-    return (await session.execute(stmt)).all()
+    connection = await session.connection()
+    return (await connection.execute(stmt)).all()
 
 
-async def desired_lists(
-    session: AsyncSession, contact_ids: Collection[int]
-) -> dict[int, list[str]]:
-    """Each contact's platform lists: one per live segment it belongs to that has a list."""
-    stmt = (
-        select(ContactSegment.contact_id, Segment.platform_list_id)
-        .join(Segment, Segment.id == ContactSegment.segment_id)
-        .where(
-            ContactSegment.contact_id == _any_id(contact_ids),
-            Segment.platform_list_id.is_not(None),
+async def segment_lists(session: AsyncSession, account_id: str) -> dict[int, str]:
+    """The platform list of each live segment of the account that has one, by segment id."""
+    rows = await session.execute(
+        select(Segment.id, Segment.platform_list_id).where(
+            Segment.account_id == account_id,
             Segment.deleted_at.is_(None),
+            Segment.platform_list_id.is_not(None),
+            Segment.platform_list_id != "",
         )
     )
-    lists: dict[int, list[str]] = defaultdict(list)
-    for contact_id, list_id in (await session.execute(stmt)).all():
-        if list_id:
-            lists[contact_id].append(list_id)
-    return {cid: sorted(ids) for cid, ids in lists.items()}
+    return {segment_id: str(list_id) for segment_id, list_id in rows.all()}
 
 
 async def custom_fields(session: AsyncSession, account_id: str) -> dict[str, PlatformCustomField]:
@@ -248,14 +236,23 @@ async def started_batches(session: AsyncSession, account_id: str) -> Sequence[Sy
     return (await session.scalars(stmt.order_by(SyncBatch.id))).all()
 
 
+async def set_batch_activity(session: AsyncSession, batch_id: int, activity_id: str) -> None:
+    await session.execute(
+        update(SyncBatch).where(SyncBatch.id == batch_id).values(activity_id=activity_id)
+    )
+
+
 async def note_lists_maybe_added(
     session: AsyncSession, contact_ids: Collection[int], list_ids: Sequence[str]
 ) -> None:
-    """Write ahead, before asking the platform to add these contacts to these lists: from
-    now on it may have. A run that dies after the platform accepted but before it records
-    the outcome leaves the lists in `synced_lists`, so the next run's removals (which go
-    first) take the contacts off any list they no longer belong on. Removing a contact
-    from a list it is not on is harmless."""
+    """The platform may have put these contacts on these lists: say so in `synced_lists`,
+    so that the next run's removals (which go first) take the contacts off any list they
+    no longer belong on. Removing a contact from a list it is not on is harmless.
+
+    Before an import is sent, its batch row (committed first) is the write-ahead record
+    of this; it is written out here when the import's outcome is not a plain success: a
+    failed activity, rows the platform refused, or an answer that never came (see
+    `note_batch_lists`)."""
     if not contact_ids or not list_ids:
         return
     await session.execute(
@@ -272,6 +269,46 @@ async def note_lists_maybe_added(
     )
 
 
+async def note_batch_lists(session: AsyncSession, batch_id: int) -> None:
+    """`note_lists_maybe_added` for every contact of an import batch, from its row."""
+    await session.execute(
+        text(
+            """
+            UPDATE contacts c SET synced_lists = ARRAY(
+                SELECT DISTINCT l FROM unnest(c.synced_lists || b.list_ids) AS l ORDER BY l)
+            FROM sync_batches b, jsonb_object_keys(b.contacts) AS k(id)
+            WHERE b.id = :batch AND c.id = CAST(k.id AS bigint)
+              AND NOT (c.synced_lists @> b.list_ids)
+            """
+        ),
+        {"batch": batch_id},
+    )
+
+
+async def mark_batch_synced(
+    session: AsyncSession, batch_id: int, now: datetime, excluding: Collection[int] = ()
+) -> None:
+    """`mark_synced` for the contacts of an import batch (but `excluding`) at the versions
+    it holds, onto its lists: one statement from the batch row."""
+    await session.execute(
+        text(
+            """
+            UPDATE contacts c SET synced_version = v.version, synced_lists = v.list_ids,
+                synced_at = :now, sync_error = NULL, sync_deferred_until = NULL,
+                sync_state = CASE WHEN c.version > v.version THEN 'pending' ELSE 'ok' END
+            FROM (
+                SELECT CAST(e.key AS bigint) AS id, CAST(e.value AS bigint) AS version, b.list_ids
+                FROM sync_batches b, jsonb_each_text(b.contacts) AS e
+                WHERE b.id = :batch
+            ) AS v
+            WHERE c.id = v.id AND c.synced_version < v.version
+              AND NOT (v.id = ANY(CAST(:excluding AS bigint[])))
+            """
+        ),
+        {"batch": batch_id, "now": now, "excluding": [int(i) for i in excluding]},
+    )
+
+
 async def permitted(session: AsyncSession, contact_ids: Collection[int]) -> set[int]:
     """Which of these contacts have permission right now (read just before a push)."""
     if not contact_ids:
@@ -280,6 +317,33 @@ async def permitted(session: AsyncSession, contact_ids: Collection[int]) -> set[
         select(Contact.id).where(
             Contact.id == _any_id(contact_ids),
             Contact.consent_state.in_([str(s) for s in PERMITTED_CONSENT]),
+        )
+    )
+    return set(rows)
+
+
+async def without_permission(
+    session: AsyncSession, account_id: str, contact_ids: Collection[int]
+) -> set[int]:
+    """Which of these contacts of the account have no permission right now (read just
+    before a push). Usually none: only those come back.
+
+    Many ids close together (an import batch) are checked by one range scan of the
+    account's contacts, cheaper than one index probe per id."""
+    if not contact_ids:
+        return set()
+    denied = Contact.consent_state.not_in([str(s) for s in PERMITTED_CONSENT])
+    low, high = min(contact_ids), max(contact_ids)
+    if high - low < 4 * len(contact_ids):
+        rows = await session.scalars(
+            select(Contact.id).where(
+                Contact.account_id == account_id, Contact.id.between(low, high), denied
+            )
+        )
+        return set(rows).intersection(contact_ids)
+    rows = await session.scalars(
+        select(Contact.id).where(
+            Contact.account_id == account_id, Contact.id == _any_id(contact_ids), denied
         )
     )
     return set(rows)

@@ -12,23 +12,24 @@ Per account, one run (an arq job with the account's job id, so never two at once
   re-subscribes an unsubscribed contact through an import), polled to completion.
 A contact is marked synced at the version that was read, so a change made meanwhile leaves
 it lagging for the next run: ten quick changes cost one push, and none is lost.
+
+The lagging contacts are read once, in chunks, as plain rows; the import rows are built
+as they come (see `bulk` for how imports are sent and settled).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from stripesync.clients.constant_contact import (
     MAX_EMAIL_LENGTH,
-    Activity,
     ConstantContactClient,
     PlatformError,
     SignUpForm,
@@ -37,21 +38,24 @@ from stripesync.db import SessionFactory, transaction
 from stripesync.kit.clock import utcnow
 from stripesync.kit.ratelimit import QuotaExhausted
 from stripesync.models import PERMITTED_CONSENT, ConsentState, PlatformCustomField
-from stripesync.models.sync import BatchKind, BatchState, CustomFieldKey, SyncBatch
 from stripesync.sync import repository
 from stripesync.sync.batching import ImportBatch, ImportBatcher, membership_batches
+from stripesync.sync.bulk import resume_imports, run_imports
 from stripesync.sync.lists import (
     ensure_custom_fields,
     ensure_platform_lists,
     remove_deleted_segment_lists,
 )
 from stripesync.sync.metrics import SYNC_CONTACTS
+from stripesync.sync.payload import ImportRows, field_values, split_name
 
 log = structlog.get_logger(__name__)
 
 # Lagging contacts are read this many at a time (keyset by id), as plain rows of only the
 # columns a push needs: loading 100,000 ORM objects cost more than the platform's work.
 READ_CHUNK = 10_000
+_PERMITTED = frozenset(str(c) for c in PERMITTED_CONSENT)
+_CONFIRMED = str(ConsentState.CONFIRMED)
 
 
 @dataclass
@@ -64,17 +68,6 @@ class SyncReport:
     deferred: int = 0
     deferred_until: datetime | None = None
     calls: dict[str, int] = field(default_factory=dict)
-
-
-class PushFields(Protocol):
-    """What `field_values` reads: a `Contact`, or the sync engine's lighter row."""
-
-    @property
-    def purchase_count(self) -> int: ...
-    @property
-    def total_spent(self) -> dict[str, Any]: ...
-    @property
-    def last_purchase_at(self) -> datetime | None: ...
 
 
 @dataclass(slots=True)
@@ -100,22 +93,25 @@ class _Work:
     desired: list[str]
 
 
-def field_values(contact: PushFields) -> dict[CustomFieldKey, str]:
-    """The contact's custom field values as the platform takes them."""
-    values = {CustomFieldKey.PURCHASE_COUNT: str(contact.purchase_count)}
-    if len(contact.total_spent) == 1:
-        (minor,) = contact.total_spent.values()
-        values[CustomFieldKey.LIFETIME_SPEND] = f"{int(minor) / 100:.2f}"
-    if contact.last_purchase_at is not None:
-        values[CustomFieldKey.LAST_PURCHASE_DATE] = contact.last_purchase_at.date().isoformat()
-    return values
+@dataclass
+class _Found:
+    """What one read of the lagging contacts found to do, by kind of push."""
+
+    revoked: list[_Work] = field(default_factory=list)  # permission withdrawn after a push
+    removals: list[_Work] = field(default_factory=list)  # permitted, leaving some lists
+    sign_ups: list[_Work] = field(default_factory=list)
+    listless: dict[int, int] = field(default_factory=dict)  # id → version: no list (yet)
+    versions: dict[int, int] = field(default_factory=dict)  # to import: id → version
+    batcher: ImportBatcher[int] = field(default_factory=ImportBatcher[int])
+    full: list[ImportBatch[int]] = field(default_factory=list)  # batches already filled
+    pending: set[int] = field(default_factory=set)  # permitted, not pushed yet
 
 
-def _names(contact: _Contact) -> tuple[str | None, str | None]:
-    if not contact.name:
-        return None, None
-    first, _, last = contact.name.strip().partition(" ")
-    return first[:50] or None, last.strip()[:50] or None
+# Contacts to import by their lists: (id, email, name, country, purchase count, total
+# spent, last purchase).
+_ToImport = dict[
+    tuple[str, ...], list[tuple[int, str, str | None, str | None, int, Any, datetime | None]]
+]
 
 
 async def sync_account(
@@ -134,24 +130,44 @@ async def sync_account(
     """
     report = SyncReport()
     try:
-        await _resume_batches(session_factory, client, account_id, report, poll_interval)
+        await resume_imports(session_factory, client, account_id, report, poll_interval)
         await remove_deleted_segment_lists(session_factory, client, account_id)
         await ensure_platform_lists(session_factory, client, account_id)
-        fields = await ensure_custom_fields(session_factory, client, account_id)
-        work, revoked = await _read_lagging(session_factory, account_id, limit, report)
-        pending = {w.contact.id for w in work}
-        pending_revoked = {w.contact.id for w in revoked}
+        # On a first run the custom fields are created at the platform's pace while the
+        # lagging contacts are read (import rows are built once the fields exist).
+        fields_made = asyncio.create_task(ensure_custom_fields(session_factory, client, account_id))
         try:
-            await _remove_lists(session_factory, client, [*revoked, *work], report, poll_interval)
+            found = await _read_lagging(session_factory, account_id, limit, report, fields_made)
+            fields = await fields_made
+        finally:
+            fields_made.cancel()  # when the read failed first
+            await asyncio.gather(fields_made, return_exceptions=True)
+        pending = found.pending
+        pending_revoked = {w.contact.id for w in found.revoked}
+        try:
+            await _remove_lists(
+                session_factory, client, [*found.revoked, *found.removals], report, poll_interval
+            )
             async with transaction(session_factory) as session:
                 await repository.mark_synced_many(
-                    session, {w.contact.id: w.version for w in revoked}, [], utcnow()
+                    session, {w.contact.id: w.version for w in found.revoked}, [], utcnow()
                 )
-            report.skipped += len(revoked)
+            report.skipped += len(found.revoked)
             pending_revoked.clear()
-            await _sign_up(session_factory, client, work, fields, report, pending)
-            await _import(
-                session_factory, client, account_id, work, fields, report, pending, poll_interval
+            await _sign_up(session_factory, client, found.sign_ups, fields, report, pending)
+            async with transaction(session_factory) as session:
+                await repository.mark_synced_many(session, found.listless, [], utcnow())
+            pending.difference_update(found.listless)
+            batches = [*found.full, *found.batcher.flush()]
+            await run_imports(
+                session_factory,
+                client,
+                account_id,
+                batches,
+                found.versions,
+                pending,
+                report,
+                poll_interval,
             )
         except QuotaExhausted as exc:
             async with transaction(session_factory) as session:
@@ -181,76 +197,139 @@ async def sync_account(
 
 
 async def _read_lagging(
-    session_factory: SessionFactory, account_id: str, limit: int, report: SyncReport
-) -> tuple[list[_Work], list[_Work]]:
-    """Read the lagging contacts chunk by chunk; answer (to push, to take off our lists).
+    session_factory: SessionFactory,
+    account_id: str,
+    limit: int,
+    report: SyncReport,
+    fields_made: asyncio.Task[dict[str, PlatformCustomField]],
+) -> _Found:
+    """Read the lagging contacts chunk by chunk and sort out what each needs. The rows of
+    those to import are built here, into batches: of them only ids and versions are kept.
 
     Contacts without permission are marked seen chunk by chunk and never leave."""
-    work: list[_Work] = []
-    revoked: list[_Work] = []
+    found = _Found()
     now = utcnow()
+    # Import rows need the custom fields: those found before they are made wait here.
+    unbuilt: list[_ToImport] = []
+    lists_of: dict[tuple[int, ...], tuple[str, ...]] = {}  # segment ids → lists, sorted
+    async with transaction(session_factory) as reading:
+        list_of_segment = await repository.segment_lists(reading, account_id)
 
-    async def fetch(after: int, size: int) -> Sequence[Any]:
-        async with transaction(session_factory) as session:
-            return await repository.lagging_chunk(session, account_id, now, after, size)
+        async def fetch(after: int, size: int) -> Sequence[Any]:
+            return await repository.lagging_chunk(reading, account_id, now, after, size)
 
-    read = 0
-    size = min(READ_CHUNK, limit)
-    fetching: asyncio.Task[Sequence[Any]] | None = asyncio.create_task(fetch(0, size))
-    try:
-        while fetching is not None:
-            rows = await fetching
-            fetching = None
-            read += len(rows)
-            if len(rows) == size and read < limit:
-                # The database reads the next chunk while this one is sorted out here.
-                size = min(READ_CHUNK, limit - read)
-                fetching = asyncio.create_task(fetch(rows[-1].id, size))
-            unpermitted: dict[int, int] = {}
-            for (
-                cid,
-                version,
-                consent,
-                email,
-                name,
-                country,
-                purchases,
-                spent_json,
-                last_purchase,
-                synced_lists,
-                platform_id,
-                desired,
-            ) in rows:
-                if consent not in PERMITTED_CONSENT and not synced_lists:
-                    # Permission is sacred: nothing about this person leaves.
-                    unpermitted[cid] = version
-                    continue
-                contact = _Contact(
-                    cid,
-                    consent,
-                    email,
-                    name,
-                    country,
-                    purchases,
-                    {} if spent_json == "{}" else json.loads(spent_json),
-                    last_purchase,
-                    synced_lists or [],
-                    platform_id,
-                )
-                if consent in PERMITTED_CONSENT:
-                    work.append(_Work(contact, version, desired or []))
-                else:
-                    # Permission withdrawn after a push: take them off our lists (a removal
-                    # sends nothing about the person and subscribes no one).
-                    revoked.append(_Work(contact, version, []))
-            if unpermitted:
-                async with transaction(session_factory) as session:
-                    await repository.mark_synced_many(session, unpermitted, [], utcnow())
-                report.skipped += len(unpermitted)
-    finally:
-        if fetching is not None:
-            fetching.cancel()
-    return work, revoked
+        read = 0
+        size = min(READ_CHUNK, limit)
+        fetching: asyncio.Task[Sequence[Any]] | None = asyncio.create_task(fetch(0, size))
+        try:
+            while fetching is not None:
+                chunk = await fetching
+                fetching = None
+                read += len(chunk)
+                if len(chunk) == size and read < limit:
+                    # The database reads the next chunk while this one is sorted out here
+                    # (which lets it run every few hundred rows).
+                    size = min(READ_CHUNK, limit - read)
+                    fetching = asyncio.create_task(fetch(chunk[-1].id, size))
+                unpermitted: dict[int, int] = {}
+                to_import: _ToImport = {}
+                for n, row in enumerate(chunk):
+                    if n % 500 == 0:
+                        await asyncio.sleep(0)
+                    (
+                        cid,
+                        version,
+                        consent,
+                        email,
+                        name,
+                        country,
+                        purchases,
+                        spent_json,
+                        last_purchase,
+                        synced_lists,
+                        platform_id,
+                        segments,
+                    ) = row
+                    permitted = consent in _PERMITTED
+                    if not permitted and not synced_lists:
+                        # Permission is sacred: nothing about this person leaves.
+                        unpermitted[cid] = version
+                        continue
+                    spent = {} if spent_json == "{}" else json.loads(spent_json)
+                    if not permitted:
+                        # Permission withdrawn after a push: take them off our lists (a
+                        # removal sends nothing about the person and subscribes no one).
+                        found.revoked.append(_Work(_contact(row, spent), version, []))
+                        continue
+                    key = tuple(segments) if segments else ()
+                    desired = lists_of.get(key)
+                    if desired is None:
+                        desired = lists_of[key] = tuple(
+                            sorted({list_of_segment[s] for s in key if s in list_of_segment})
+                        )
+                    if synced_lists and not set(synced_lists).issubset(desired):
+                        found.removals.append(_Work(_contact(row, spent), version, list(desired)))
+                    if consent == _CONFIRMED and not platform_id and not synced_lists:
+                        # Only the first push of someone the platform never had uses
+                        # sign_up_form: on a contact that exists it would re-subscribe
+                        # someone who unsubscribed on the platform since. Every later
+                        # update goes through the import, which never does.
+                        found.pending.add(cid)
+                        found.sign_ups.append(_Work(_contact(row, spent), version, list(desired)))
+                        continue
+                    found.pending.add(cid)
+                    if not desired:
+                        found.listless[cid] = version
+                        continue
+                    found.versions[cid] = version
+                    to_import.setdefault(desired, []).append(
+                        (cid, email, name, country, purchases, spent, last_purchase)
+                    )
+                unbuilt.append(to_import)
+                if fields_made.done():
+                    _build_rows(found, fields_made.result(), unbuilt)
+                if unpermitted:
+                    async with transaction(session_factory) as session:
+                        await repository.mark_synced_many(session, unpermitted, [], utcnow())
+                    report.skipped += len(unpermitted)
+        finally:
+            if fetching is not None:
+                fetching.cancel()
+                await asyncio.gather(fetching, return_exceptions=True)
+    if unbuilt:
+        _build_rows(found, await fields_made, unbuilt)
+    return found
+
+
+def _build_rows(
+    found: _Found, fields: dict[str, PlatformCustomField], unbuilt: list[_ToImport]
+) -> None:
+    rows = ImportRows(fields)
+    for to_import in unbuilt:
+        for list_ids, contacts in to_import.items():
+            keys = [c[0] for c in contacts]
+            built = [rows.row(*c[1:]) for c in contacts]
+            found.full.extend(found.batcher.add_many(keys, list_ids, built))
+    unbuilt.clear()
+
+
+def _contact(row: Any, total_spent: dict[str, Any]) -> _Contact:
+    """A row of `repository.lagging_chunk` as the engine keeps it."""
+    cid, _, consent, email, name, country, purchases, _, last_purchase, synced, platform_id = row[
+        :11
+    ]
+    return _Contact(
+        cid,
+        consent,
+        email,
+        name,
+        country,
+        purchases,
+        total_spent,
+        last_purchase,
+        synced or [],
+        platform_id,
+    )
 
 
 async def _remove_lists(
@@ -299,15 +378,6 @@ async def _sign_up(
 ) -> None:
     for item in work:
         contact = item.contact
-        # Only the first push of someone the platform never had uses sign_up_form: on a
-        # contact that exists it would re-subscribe someone who unsubscribed on the platform
-        # since. Every later update goes through the import, which never does.
-        if (
-            contact.consent_state != ConsentState.CONFIRMED
-            or contact.platform_contact_id
-            or contact.synced_lists
-        ):
-            continue
         pending.discard(contact.id)
         if not item.desired:
             async with transaction(session_factory) as session:
@@ -320,7 +390,7 @@ async def _sign_up(
                 )
             report.errors += 1
             continue
-        first, last = _names(contact)
+        first, last = split_name(contact.name)
         form = SignUpForm(
             email_address=contact.email,
             list_memberships=item.desired,
@@ -352,194 +422,3 @@ async def _sign_up(
             )
         report.signed_up += 1
         item.contact.platform_contact_id = result.contact_id
-
-
-async def _import(
-    session_factory: SessionFactory,
-    client: ConstantContactClient,
-    account_id: str,
-    work: Sequence[_Work],
-    fields: dict[str, PlatformCustomField],
-    report: SyncReport,
-    pending: set[int],
-    poll_interval: float,
-) -> None:
-    listless: dict[int, int] = {}  # no list to put them on (yet): nothing to push
-    versions: dict[int, int] = {}
-    batcher = ImportBatcher[int]()
-    started: list[tuple[int, str, list[tuple[int, Mapping[str, str]]]]] = []
-    # Rows are encoded (sized) once as they are built, and each batch is started as soon
-    # as it fills, while the rest are still being built.
-    for item in work:
-        if item.contact.id not in pending:
-            continue
-        if not item.desired:
-            listless[item.contact.id] = item.version
-            continue
-        versions[item.contact.id] = item.version
-        row = _import_row(item.contact, fields)
-        for batch in batcher.add(item.contact.id, item.desired, row):
-            await _start_import(
-                session_factory, client, account_id, batch, versions, pending, started
-            )
-    async with transaction(session_factory) as session:
-        await repository.mark_synced_many(session, listless, [], utcnow())
-    pending.difference_update(listless)
-    for batch in batcher.flush():
-        await _start_import(session_factory, client, account_id, batch, versions, pending, started)
-    # Every import is started before any is awaited: the platform works on them side by
-    # side, so the run takes about as long as the slowest, not the sum. Each finished
-    # batch is recorded while the next one is polled.
-    settling: list[asyncio.Task[None]] = []
-    try:
-        for batch_id, activity_id, sent in started:
-            done = await client.wait_for_activity(activity_id, interval=poll_interval)
-            settling.append(
-                asyncio.create_task(_settle_batch(session_factory, batch_id, done, report, sent))
-            )
-    finally:
-        outcomes = await asyncio.gather(*settling, return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-
-async def _start_import(
-    session_factory: SessionFactory,
-    client: ConstantContactClient,
-    account_id: str,
-    batch: ImportBatch[int],
-    versions: Mapping[int, int],
-    pending: set[int],
-    started: list[tuple[int, str, list[tuple[int, Mapping[str, str]]]]],
-) -> None:
-    async with transaction(session_factory) as session:
-        # Consent may have changed since the run read it: drop whoever lost it (the
-        # batch only shrinks, so it stays within the platform's limits).
-        still_permitted = await repository.permitted(session, batch.keys)
-        if len(still_permitted) < len(batch.keys):
-            kept = [
-                (k, r) for k, r in zip(batch.keys, batch.rows, strict=True) if k in still_permitted
-            ]
-            pending.difference_update(set(batch.keys) - still_permitted)
-            batch.keys = [k for k, _ in kept]
-            batch.rows = [r for _, r in kept]
-        if not batch.keys:
-            return
-        record = SyncBatch(
-            account_id=account_id,
-            kind=BatchKind.JSON_IMPORT.value,
-            list_ids=list(batch.list_ids),
-            contacts={str(cid): versions[cid] for cid in batch.keys},
-        )
-        session.add(record)
-        await repository.note_lists_maybe_added(session, batch.keys, batch.list_ids)
-    activity = await client.contacts_json_import(batch.rows, batch.list_ids)
-    async with transaction(session_factory) as session:
-        stored = await session.get(SyncBatch, record.id)
-        assert stored is not None
-        stored.activity_id = activity.activity_id
-    # From here the batch row tracks these contacts (a re-run resumes it).
-    pending.difference_update(batch.keys)
-    started.append(
-        (record.id, activity.activity_id, list(zip(batch.keys, batch.rows, strict=True)))
-    )
-
-
-async def _resume_batches(
-    session_factory: SessionFactory,
-    client: ConstantContactClient,
-    account_id: str,
-    report: SyncReport,
-    poll_interval: float,
-) -> None:
-    """Finish what a run that died left started: poll its activity instead of re-importing."""
-    async with transaction(session_factory) as session:
-        batches = list(await repository.started_batches(session, account_id))
-    for batch in batches:
-        if batch.activity_id is None:
-            # Died before the platform answered: the contacts still lag and go again.
-            async with transaction(session_factory) as session:
-                stored = await session.get(SyncBatch, batch.id)
-                assert stored is not None
-                stored.state = BatchState.FAILED.value
-                stored.error = "run ended before the platform answered"
-                stored.finished_at = utcnow()
-            continue
-        done = await client.wait_for_activity(batch.activity_id, interval=poll_interval)
-        await _settle_batch(session_factory, batch.id, done, report, None)
-
-
-_ROW = re.compile(r"\brow\s+(\d+)", re.IGNORECASE)
-_EMAIL = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+\.[^\s@<>\"']+")
-
-
-async def _settle_batch(
-    session_factory: SessionFactory,
-    batch_id: int,
-    activity: Activity,
-    report: SyncReport,
-    rows: Sequence[tuple[int, Mapping[str, str]]] | None,
-) -> None:
-    """Record the activity's outcome on the batch and on each of its contacts.
-
-    `rows` are the (contact id, row) pairs in the order sent, when known, so that errors
-    naming a row or an email land on that contact; otherwise they stay on the batch.
-    """
-    now = utcnow()
-    async with transaction(session_factory) as session:
-        batch = await session.get(SyncBatch, batch_id, with_for_update=True)
-        assert batch is not None
-        if batch.state != BatchState.STARTED.value:
-            return
-        contact_versions = {int(cid): int(v) for cid, v in batch.contacts.items()}
-        ids = list(contact_versions)
-        batch.activity_errors = list(activity.activity_errors)
-        batch.finished_at = now
-        if activity.state != "completed":
-            batch.state = BatchState.FAILED.value
-            batch.error = "; ".join(activity.activity_errors) or f"activity {activity.state}"
-            await repository.mark_error_many(session, contact_versions, batch.error)
-            report.errors += len(ids)
-            return
-        batch.state = BatchState.COMPLETED.value
-        failed = _failed_contacts(activity.activity_errors, rows)
-        for cid, message in failed.items():
-            await repository.mark_error(session, cid, contact_versions[cid], message)
-        synced = {cid: v for cid, v in contact_versions.items() if cid not in failed}
-        await repository.mark_synced_many(session, synced, list(batch.list_ids), now)
-        report.errors += len(failed)
-        report.imported += len(synced)
-
-
-def _failed_contacts(
-    errors: Sequence[str], rows: Sequence[tuple[int, Mapping[str, str]]] | None
-) -> dict[int, str]:
-    """Attribute activity errors to contacts by row index or by email, when they say."""
-    rows = rows or []
-    by_email = {row.get("email", "").lower(): cid for cid, row in rows}
-    failed: dict[int, str] = {}
-    for message in errors:
-        row = _ROW.search(message)
-        if row and int(row.group(1)) < len(rows):
-            failed[rows[int(row.group(1))][0]] = message
-            continue
-        email = _EMAIL.search(message)
-        if email and email.group(0).lower() in by_email:
-            failed[by_email[email.group(0).lower()]] = message
-    return failed
-
-
-def _import_row(contact: _Contact, fields: dict[str, PlatformCustomField]) -> dict[str, str]:
-    first, last = _names(contact)
-    row = {"email": contact.email}
-    if first:
-        row["first_name"] = first
-    if last:
-        row["last_name"] = last
-    if contact.country:
-        row["country"] = contact.country
-    for key, value in field_values(contact).items():
-        if key.value in fields:
-            row[f"cf:{fields[key.value].name}"] = value
-    return row

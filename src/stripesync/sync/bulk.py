@@ -1,0 +1,257 @@
+"""Bulk imports (`contacts_json_import`): recorded, sent, polled, settled; resumed after a
+run that died.
+
+- Each batch's row (its contacts at the versions sent, its lists) is committed before the
+  import is sent: a re-run resumes it rather than importing again, and it is the
+  write-ahead record that the platform may have put those contacts on those lists. It is
+  written out onto the contacts (`repository.note_lists_maybe_added`) whenever the outcome
+  is not a plain success: a failed activity, rows the platform refused, an answer that
+  never came. A success writes the lists as synced.
+- Every import is sent before any is awaited (a few at a time, each few checked for
+  permission just before): the platform works on them side by side, so a run takes about
+  as long as the slowest, not the sum.
+- An import is polled when its progress says it should be done, and settled with one
+  statement from its row while the next one is polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from stripesync.clients.constant_contact import Activity, ConstantContactClient
+from stripesync.db import SessionFactory, transaction
+from stripesync.kit.clock import utcnow
+from stripesync.kit.ratelimit import QuotaExhausted
+from stripesync.models.sync import BatchKind, BatchState, SyncBatch
+from stripesync.sync import repository
+from stripesync.sync.batching import ImportBatch
+
+if TYPE_CHECKING:
+    from stripesync.sync.service import SyncReport
+
+# Imports sent at once (each holds its encoded body, up to 4 MB, until answered).
+IMPORTS_IN_FLIGHT = 4
+# Polling an import: at most this long between two polls, and giving up after this long.
+MAX_POLL_INTERVAL_SECONDS = 30.0
+GIVE_UP_POLLING_SECONDS = 3600.0
+
+
+@dataclass(slots=True)
+class _Sent:
+    batch_id: int
+    activity_id: str
+    accepted_at: float  # the event loop's clock when the platform's answer came
+    keys: list[int]
+    rows: list[Mapping[str, str]]
+
+
+async def run_imports(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    account_id: str,
+    batches: Sequence[ImportBatch[int]],
+    versions: Mapping[int, int],
+    pending: set[int],
+    report: SyncReport,
+    poll_interval: float,
+) -> None:
+    """Send the batches (contact ids → the versions read in `versions`) and settle them.
+
+    Contacts leave `pending` once their import is accepted, or when they lost permission;
+    an error of the platform or of the quota propagates once those sent are on record."""
+    sent: list[_Sent] = []
+    for first in range(0, len(batches), IMPORTS_IN_FLIGHT):
+        recorded = await _record(
+            session_factory, account_id, batches[first : first + IMPORTS_IN_FLIGHT], versions
+        )
+        pending.difference_update(recorded.lost)
+        outcomes = await asyncio.gather(
+            *(_send(session_factory, client, bid, batch, pending) for bid, batch in recorded.rows),
+            return_exceptions=True,
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            # Those sent are resumed (polled) by the next run.
+            raise next((f for f in failures if isinstance(f, QuotaExhausted)), failures[0])
+        sent.extend(o for o in outcomes if isinstance(o, _Sent))
+    settling: list[asyncio.Task[None]] = []
+    try:
+        for item in sent:
+            done = await _wait(client, item, poll_interval)
+            settling.append(
+                asyncio.create_task(
+                    _settle(session_factory, item.batch_id, done, report, item.keys, item.rows)
+                )
+            )
+    finally:
+        settled = await asyncio.gather(*settling, return_exceptions=True)
+    for outcome in settled:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def resume_imports(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    account_id: str,
+    report: SyncReport,
+    poll_interval: float,
+) -> None:
+    """Finish what a run that died left started: poll its activity instead of re-importing."""
+    async with transaction(session_factory) as session:
+        batches = list(await repository.started_batches(session, account_id))
+    for batch in batches:
+        if batch.activity_id is None:
+            # Died before the platform answered, which may have accepted the import: its
+            # lists are noted on its contacts, who still lag and go again.
+            async with transaction(session_factory) as session:
+                await repository.note_batch_lists(session, batch.id)
+                stored = await session.get(SyncBatch, batch.id)
+                assert stored is not None
+                stored.state = BatchState.FAILED.value
+                stored.error = "run ended before the platform answered"
+                stored.finished_at = utcnow()
+            continue
+        done = await client.wait_for_activity(batch.activity_id, interval=poll_interval)
+        await _settle(session_factory, batch.id, done, report, None, None)
+
+
+@dataclass
+class _Recorded:
+    rows: list[tuple[int, ImportBatch[int]]]  # (batch row id, batch) of those not empty
+    lost: set[int]  # contacts dropped: no permission any more
+
+
+async def _record(
+    session_factory: SessionFactory,
+    account_id: str,
+    batches: Sequence[ImportBatch[int]],
+    versions: Mapping[int, int],
+) -> _Recorded:
+    async with transaction(session_factory) as session:
+        # Consent may have changed since the run read it: drop whoever lost it (a batch
+        # only shrinks, so it stays within the platform's limits).
+        lost = await repository.without_permission(
+            session, account_id, [k for batch in batches for k in batch.keys]
+        )
+        records: list[tuple[SyncBatch, ImportBatch[int]]] = []
+        for batch in batches:
+            if lost:
+                kept = [
+                    (k, r) for k, r in zip(batch.keys, batch.rows, strict=True) if k not in lost
+                ]
+                batch.keys = [k for k, _ in kept]
+                batch.rows = [r for _, r in kept]
+            if not batch.keys:
+                continue
+            record = SyncBatch(
+                account_id=account_id,
+                kind=BatchKind.JSON_IMPORT.value,
+                list_ids=list(batch.list_ids),
+                contacts={str(cid): versions[cid] for cid in batch.keys},
+            )
+            session.add(record)
+            records.append((record, batch))
+        await session.flush()
+        return _Recorded([(record.id, batch) for record, batch in records], lost)
+
+
+async def _send(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    batch_id: int,
+    batch: ImportBatch[int],
+    pending: set[int],
+) -> _Sent:
+    activity = await client.contacts_json_import(batch.rows, batch.list_ids)
+    async with transaction(session_factory) as session:
+        await repository.set_batch_activity(session, batch_id, activity.activity_id)
+    pending.difference_update(batch.keys)
+    accepted_at = asyncio.get_running_loop().time()
+    return _Sent(batch_id, activity.activity_id, accepted_at, batch.keys, batch.rows)
+
+
+async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> Activity:
+    """Poll an import until it finishes: at least `interval` apart, and soon after the end
+    that its progress so far (`percent_done`) points to, but never later than half the time
+    it has taken so far (so unknown or uneven progress costs few polls, like a backoff)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        activity = await client.get_activity(sent.activity_id)
+        if activity.finished:
+            return activity
+        elapsed = loop.time() - sent.accepted_at
+        if elapsed > GIVE_UP_POLLING_SECONDS:
+            raise TimeoutError(f"activity {sent.activity_id} still {activity.state}")
+        longest = min(max(interval, elapsed / 2), MAX_POLL_INTERVAL_SECONDS)
+        percent = activity.percent_done or 0
+        rest = elapsed * (100 - percent) / percent if 0 < percent < 100 else longest
+        await asyncio.sleep(min(max(rest, interval), longest))
+
+
+_ROW = re.compile(r"\brow\s+(\d+)", re.IGNORECASE)
+_EMAIL = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+\.[^\s@<>\"']+")
+
+
+async def _settle(
+    session_factory: SessionFactory,
+    batch_id: int,
+    activity: Activity,
+    report: SyncReport,
+    keys: Sequence[int] | None,
+    rows: Sequence[Mapping[str, str]] | None,
+) -> None:
+    """Record the activity's outcome on the batch and on each of its contacts.
+
+    `keys` and `rows` are the contacts and their rows in the order sent, when known, so
+    that errors naming a row or an email land on that contact; otherwise they stay on the
+    batch.
+    """
+    now = utcnow()
+    async with transaction(session_factory) as session:
+        batch = await session.get(SyncBatch, batch_id, with_for_update=True)
+        assert batch is not None
+        if batch.state != BatchState.STARTED.value:
+            return
+        contact_versions = {int(cid): int(v) for cid, v in batch.contacts.items()}
+        batch.activity_errors = list(activity.activity_errors)
+        batch.finished_at = now
+        if activity.state != "completed":
+            batch.state = BatchState.FAILED.value
+            batch.error = "; ".join(activity.activity_errors) or f"activity {activity.state}"
+            # It may have added some before it failed.
+            await repository.note_batch_lists(session, batch_id)
+            await repository.mark_error_many(session, contact_versions, batch.error)
+            report.errors += len(contact_versions)
+            return
+        batch.state = BatchState.COMPLETED.value
+        failed = _failed_contacts(activity.activity_errors, keys or [], rows or [])
+        for cid, message in failed.items():
+            await repository.mark_error(session, cid, contact_versions[cid], message)
+        await repository.note_lists_maybe_added(session, failed, batch.list_ids)
+        await repository.mark_batch_synced(session, batch_id, now, excluding=failed)
+        report.errors += len(failed)
+        report.imported += len(contact_versions) - len(failed)
+
+
+def _failed_contacts(
+    errors: Sequence[str], keys: Sequence[int], rows: Sequence[Mapping[str, str]]
+) -> dict[int, str]:
+    """Attribute activity errors to contacts by row index or by email, when they say."""
+    if not errors:
+        return {}
+    by_email = {row.get("email", "").lower(): cid for cid, row in zip(keys, rows, strict=True)}
+    failed: dict[int, str] = {}
+    for message in errors:
+        row = _ROW.search(message)
+        if row and int(row.group(1)) < len(rows):
+            failed[keys[int(row.group(1))]] = message
+            continue
+        email = _EMAIL.search(message)
+        if email and email.group(0).lower() in by_email:
+            failed[by_email[email.group(0).lower()]] = message
+    return failed
