@@ -435,3 +435,47 @@ async def test_a_run_that_never_heard_back_from_an_accepted_import_still_removes
     assert contact is not None and contact.sync_state == "ok"
     assert failed_list not in desired
     assert fake_cc.contact("late@x.io").list_ids == desired  # type: ignore[union-attr]
+
+
+async def test_custom_fields_carry_spend_in_one_currency_and_leave_mixed_currencies_unsummed(
+    sync_ctx: dict[str, Any],
+    sync_settings: Settings,
+    session_factory: SessionFactory,
+    fake_cc: FakeConstantContact,
+) -> None:
+    await make_account(session_factory, sync_settings)
+    await _sync(sync_ctx)  # lists and custom fields exist
+    bought = utcnow().replace(year=2025, month=3, day=14)
+    await add_contacts(
+        session_factory,
+        ACCOUNT,
+        {"one@x.io": "implied"},
+        purchase_count=3,
+        total_spent={"usd": 12345},
+        last_purchase_at=bought,
+    )
+    await add_contacts(
+        session_factory,
+        ACCOUNT,
+        {"two@x.io": "implied"},
+        purchase_count=2,
+        total_spent={"usd": 5000, "eur": 700},
+        last_purchase_at=bought,
+    )
+
+    report = await _sync(sync_ctx)
+
+    assert report.imported == 2
+    field_of = {f["label"]: field_id for field_id, f in fake_cc.custom_fields.items()}
+    one, two = fake_cc.contact("one@x.io"), fake_cc.contact("two@x.io")
+    assert one is not None and two is not None
+    assert one.custom_fields == {
+        field_of["Lifetime spend"]: "123.45",
+        field_of["Purchase count"]: "3",
+        field_of["Last purchase date"]: "2025-03-14",
+    }
+    # Spend in two currencies has no one amount to show: no sum of dollars and euros.
+    assert two.custom_fields == {
+        field_of["Purchase count"]: "2",
+        field_of["Last purchase date"]: "2025-03-14",
+    }

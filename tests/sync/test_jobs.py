@@ -74,6 +74,38 @@ async def test_ten_quick_changes_cost_one_queued_job_and_one_platform_call(
     assert contact.synced_version == contact.version and contact.sync_state == "ok"
 
 
+async def test_a_change_made_during_a_run_is_pushed_by_the_same_job_and_nothing_is_lost(
+    sync_ctx: dict[str, Any],
+    sync_settings: Settings,
+    session_factory: SessionFactory,
+    fake_cc: FakeConstantContact,
+) -> None:
+    await make_account(session_factory, sync_settings)
+    ids = await add_contacts(
+        session_factory, ACCOUNT, {"ann@x.io": "implied", "bob@x.io": "implied"}
+    )
+    fake_cc.completed_after = 1.0  # the platform is still importing when Ann changes
+
+    job = asyncio.create_task(sync_account_job(sync_ctx, ACCOUNT, poll_interval=0.02))
+    async with asyncio.timeout(10):
+        while not fake_cc.api_requests("contacts_json_import"):
+            await asyncio.sleep(0.01)
+    await _change(session_factory, ids["ann@x.io"], "Ann Lee")
+    fake_cc.completed_after = 0.05
+    result = await job
+
+    imports = fake_cc.api_requests("contacts_json_import")
+    assert [[row["email"] for row in r.body["import_data"]] for r in imports] == [
+        ["ann@x.io", "bob@x.io"],
+        ["ann@x.io"],
+    ]
+    assert (result["state"], result["imported"]) == ("done", 3)
+    ann = fake_cc.contact("ann@x.io")
+    assert ann is not None and (ann.first_name, ann.last_name) == ("Ann", "Lee")
+    stored = await contacts_by_email(session_factory, ACCOUNT)
+    assert all(c.sync_state == "ok" and c.synced_version == c.version for c in stored.values())
+
+
 async def test_two_runs_for_one_account_never_overlap(
     sync_ctx: dict[str, Any],
     sync_settings: Settings,
