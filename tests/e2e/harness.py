@@ -570,7 +570,10 @@ class World:
         return [eid for eid in self.stripe.event_ids() if stored.get(eid) not in FINAL_EVENT_STATES]
 
     async def all_events_final(self) -> bool:
-        return not await self.events_not_final()
+        try:
+            return not await self.events_not_final()
+        except (OSError, asyncpg.PostgresError):  # the database is (re)starting: not yet
+            return False
 
     def platform_diff(self, m: Merchant) -> dict[str, Any]:
         now = time.time()
