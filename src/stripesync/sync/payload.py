@@ -3,6 +3,7 @@ and last, and its `contacts_json_import` row (external-apis.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -16,27 +17,27 @@ class PushFields(Protocol):
     @property
     def purchase_count(self) -> int: ...
     @property
-    def total_spent(self) -> dict[str, Any]: ...
+    def total_spent(self) -> Mapping[str, Any]: ...
     @property
     def last_purchase_at(self) -> datetime | None: ...
 
 
 def field_values(contact: PushFields) -> dict[CustomFieldKey, str]:
     """The contact's custom field values as the platform takes them."""
-    return _field_values(contact.purchase_count, contact.total_spent, contact.last_purchase_at)
-
-
-def _field_values(
-    purchase_count: int, total_spent: dict[str, Any], last_purchase_at: datetime | None
-) -> dict[CustomFieldKey, str]:
-    values = {CustomFieldKey.PURCHASE_COUNT: str(purchase_count)}
-    if len(total_spent) == 1:
-        # One amount in one currency; spend in several has no single figure to show.
-        (minor,) = total_spent.values()
-        values[CustomFieldKey.LIFETIME_SPEND] = f"{int(minor) / 100:.2f}"
-    if last_purchase_at is not None:
-        values[CustomFieldKey.LAST_PURCHASE_DATE] = last_purchase_at.date().isoformat()
+    values = {CustomFieldKey.PURCHASE_COUNT: str(contact.purchase_count)}
+    if (spend := _spend(contact.total_spent)) is not None:
+        values[CustomFieldKey.LIFETIME_SPEND] = spend
+    if contact.last_purchase_at is not None:
+        values[CustomFieldKey.LAST_PURCHASE_DATE] = contact.last_purchase_at.date().isoformat()
     return values
+
+
+def _spend(total_spent: Mapping[str, Any]) -> str | None:
+    """Lifetime spend in its one currency; spend in several has no single figure to show."""
+    if len(total_spent) != 1:
+        return None
+    (minor,) = total_spent.values()
+    return f"{int(minor) / 100:.2f}"
 
 
 def split_name(name: str | None) -> tuple[str | None, str | None]:
@@ -48,13 +49,18 @@ def split_name(name: str | None) -> tuple[str | None, str | None]:
 
 
 class ImportRows:
-    """Builds `contacts_json_import` rows, with the custom fields' columns worked out once
-    (100,000 rows a run: the less Python per row, the better)."""
+    """Builds `contacts_json_import` rows with the values of `field_values`, the custom
+    fields' columns worked out once (100,000 rows a run: the less Python per row, and the
+    fewer objects, the better)."""
 
     def __init__(self, fields: dict[str, PlatformCustomField]) -> None:
-        self.columns = {
-            key: f"cf:{fields[key.value].name}" for key in CustomFieldKey if key.value in fields
-        }
+        def column(key: CustomFieldKey) -> str | None:
+            found = fields.get(key.value)
+            return f"cf:{found.name}" if found is not None else None
+
+        self.purchase_count = column(CustomFieldKey.PURCHASE_COUNT)
+        self.lifetime_spend = column(CustomFieldKey.LIFETIME_SPEND)
+        self.last_purchase_date = column(CustomFieldKey.LAST_PURCHASE_DATE)
 
     def row(
         self,
@@ -62,7 +68,7 @@ class ImportRows:
         name: str | None,
         country: str | None,
         purchase_count: int,
-        total_spent: dict[str, Any],
+        total_spent: Mapping[str, Any],
         last_purchase_at: datetime | None,
     ) -> dict[str, str]:
         row = {"email": email}
@@ -74,8 +80,10 @@ class ImportRows:
                 row["last_name"] = last
         if country:
             row["country"] = country
-        for key, value in _field_values(purchase_count, total_spent, last_purchase_at).items():
-            column = self.columns.get(key)
-            if column is not None:
-                row[column] = value
+        if self.purchase_count:
+            row[self.purchase_count] = str(purchase_count)
+        if total_spent and self.lifetime_spend and (spend := _spend(total_spent)) is not None:
+            row[self.lifetime_spend] = spend
+        if last_purchase_at is not None and self.last_purchase_date:
+            row[self.last_purchase_date] = last_purchase_at.date().isoformat()
         return row

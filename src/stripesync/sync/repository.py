@@ -16,6 +16,7 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    literal_column,
     select,
     text,
     type_coerce,
@@ -64,15 +65,22 @@ async def lagging_chunk(
     session: AsyncSession, account_id: str, now: datetime, after_id: int, limit: int
 ) -> Sequence[Any]:
     """The next `limit` lagging contacts with id above `after_id` (keyset order), as plain
-    rows of only what a push needs, each with the ids of its segments (`segments`, sorted:
-    `segment_lists` says which platform list each stands for).
+    rows of only what a push needs. `segments` is the ids of the contact's segments as
+    text, sorted and comma-separated (`segment_lists` says which platform list each stands
+    for), or None; `synced_lists` is None when empty.
 
-    `total_spent` comes as JSON text and the arrays as the driver decodes them, and the
-    statement runs on the session's connection, as Core: per-row decoding and ORM row
-    loading in Python cost more than the query (100,000 rows a run)."""
+    Whatever Python would decode per row (JSON, arrays, ORM rows) is left to the database
+    or the driver (`total_spent` comes as JSON text, and the statement runs as Core on the
+    session's connection): per-row work in Python cost more than the query (100,000 rows
+    a run)."""
     segments = (
         select(
-            func.array_agg(aggregate_order_by(ContactSegment.segment_id, ContactSegment.segment_id))
+            func.array_to_string(
+                func.array_agg(
+                    aggregate_order_by(ContactSegment.segment_id, ContactSegment.segment_id)
+                ),
+                ",",
+            )
         )
         .where(ContactSegment.contact_id == Contact.id)
         .scalar_subquery()
@@ -88,7 +96,9 @@ async def lagging_chunk(
             Contact.purchase_count,
             cast(Contact.total_spent, Text).label("total_spent"),
             Contact.last_purchase_at,
-            type_coerce(Contact.synced_lists, NullType()).label("synced_lists"),
+            type_coerce(
+                func.nullif(Contact.synced_lists, literal_column("'{}'")), NullType()
+            ).label("synced_lists"),
             Contact.platform_contact_id,
             type_coerce(segments, NullType()).label("segments"),
         )

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -55,6 +56,7 @@ log = structlog.get_logger(__name__)
 # columns a push needs: loading 100,000 ORM objects cost more than the platform's work.
 READ_CHUNK = 10_000
 _PERMITTED = frozenset(str(c) for c in PERMITTED_CONSENT)
+_NO_SPEND: Mapping[str, Any] = MappingProxyType({})
 _CONFIRMED = str(ConsentState.CONFIRMED)
 
 
@@ -80,7 +82,7 @@ class _Contact:
     name: str | None
     country: str | None
     purchase_count: int
-    total_spent: dict[str, Any]
+    total_spent: Mapping[str, Any]
     last_purchase_at: datetime | None
     synced_lists: list[str]
     platform_contact_id: str | None
@@ -91,6 +93,13 @@ class _Work:
     contact: _Contact
     version: int
     desired: list[str]
+
+
+# Import rows by their lists: (contact ids, rows).
+_Built = dict[tuple[str, ...], tuple[list[int], list[Mapping[str, str]]]]
+# A contact to import found before the custom fields existed: (its lists, its row as read,
+# its total spent).
+_Waiting = tuple[tuple[str, ...], Any, Mapping[str, Any]]
 
 
 @dataclass
@@ -106,12 +115,9 @@ class _Found:
     full: list[ImportBatch[int]] = field(default_factory=list)  # batches already filled
     pending: set[int] = field(default_factory=set)  # permitted, not pushed yet
 
-
-# Contacts to import by their lists: (id, email, name, country, purchase count, total
-# spent, last purchase).
-_ToImport = dict[
-    tuple[str, ...], list[tuple[int, str, str | None, str | None, int, Any, datetime | None]]
-]
+    def add_rows(self, built: _Built) -> None:
+        for list_ids, (keys, rows) in built.items():
+            self.full.extend(self.batcher.add_many(keys, list_ids, rows))
 
 
 async def sync_account(
@@ -209,9 +215,9 @@ async def _read_lagging(
     Contacts without permission are marked seen chunk by chunk and never leave."""
     found = _Found()
     now = utcnow()
-    # Import rows need the custom fields: those found before they are made wait here.
-    unbuilt: list[_ToImport] = []
-    lists_of: dict[tuple[int, ...], tuple[str, ...]] = {}  # segment ids → lists, sorted
+    rows_of: ImportRows | None = None  # once the custom fields exist
+    waiting: list[_Waiting] = []
+    lists_of: dict[str | None, tuple[str, ...]] = {}  # segment ids → their lists, sorted
     async with transaction(session_factory) as reading:
         list_of_segment = await repository.segment_lists(reading, account_id)
 
@@ -231,8 +237,11 @@ async def _read_lagging(
                     # (which lets it run every few hundred rows).
                     size = min(READ_CHUNK, limit - read)
                     fetching = asyncio.create_task(fetch(chunk[-1].id, size))
+                built: _Built = {}
+                if rows_of is None and fields_made.done():
+                    rows_of = ImportRows(fields_made.result())
+                    _build(rows_of, waiting, built)
                 unpermitted: dict[int, int] = {}
-                to_import: _ToImport = {}
                 for n, row in enumerate(chunk):
                     if n % 500 == 0:
                         await asyncio.sleep(0)
@@ -255,18 +264,15 @@ async def _read_lagging(
                         # Permission is sacred: nothing about this person leaves.
                         unpermitted[cid] = version
                         continue
-                    spent = {} if spent_json == "{}" else json.loads(spent_json)
+                    spent = _NO_SPEND if spent_json == "{}" else json.loads(spent_json)
                     if not permitted:
                         # Permission withdrawn after a push: take them off our lists (a
                         # removal sends nothing about the person and subscribes no one).
                         found.revoked.append(_Work(_contact(row, spent), version, []))
                         continue
-                    key = tuple(segments) if segments else ()
-                    desired = lists_of.get(key)
+                    desired = lists_of.get(segments)
                     if desired is None:
-                        desired = lists_of[key] = tuple(
-                            sorted({list_of_segment[s] for s in key if s in list_of_segment})
-                        )
+                        desired = lists_of[segments] = _lists(segments, list_of_segment)
                     if synced_lists and not set(synced_lists).issubset(desired):
                         found.removals.append(_Work(_contact(row, spent), version, list(desired)))
                     if consent == _CONFIRMED and not platform_id and not synced_lists:
@@ -282,12 +288,17 @@ async def _read_lagging(
                         found.listless[cid] = version
                         continue
                     found.versions[cid] = version
-                    to_import.setdefault(desired, []).append(
-                        (cid, email, name, country, purchases, spent, last_purchase)
+                    if rows_of is None:
+                        waiting.append((desired, row, spent))
+                        continue
+                    group = built.get(desired)
+                    if group is None:
+                        group = built[desired] = ([], [])
+                    group[0].append(cid)
+                    group[1].append(
+                        rows_of.row(email, name, country, purchases, spent, last_purchase)
                     )
-                unbuilt.append(to_import)
-                if fields_made.done():
-                    _build_rows(found, fields_made.result(), unbuilt)
+                found.add_rows(built)
                 if unpermitted:
                     async with transaction(session_factory) as session:
                         await repository.mark_synced_many(session, unpermitted, [], utcnow())
@@ -296,24 +307,39 @@ async def _read_lagging(
             if fetching is not None:
                 fetching.cancel()
                 await asyncio.gather(fetching, return_exceptions=True)
-    if unbuilt:
-        _build_rows(found, await fields_made, unbuilt)
+    if waiting:
+        built = {}
+        _build(ImportRows(await fields_made), waiting, built)
+        found.add_rows(built)
     return found
 
 
-def _build_rows(
-    found: _Found, fields: dict[str, PlatformCustomField], unbuilt: list[_ToImport]
+def _build(
+    rows_of: ImportRows,
+    waiting: list[_Waiting],
+    built: _Built,
 ) -> None:
-    rows = ImportRows(fields)
-    for to_import in unbuilt:
-        for list_ids, contacts in to_import.items():
-            keys = [c[0] for c in contacts]
-            built = [rows.row(*c[1:]) for c in contacts]
-            found.full.extend(found.batcher.add_many(keys, list_ids, built))
-    unbuilt.clear()
+    """Build the rows of contacts found before the custom fields existed."""
+    for desired, row, spent in waiting:
+        keys, import_rows = built.setdefault(desired, ([], []))
+        keys.append(row.id)
+        import_rows.append(
+            rows_of.row(
+                row.email, row.name, row.country, row.purchase_count, spent, row.last_purchase_at
+            )
+        )
+    waiting.clear()
 
 
-def _contact(row: Any, total_spent: dict[str, Any]) -> _Contact:
+def _lists(segments: str | None, list_of_segment: Mapping[int, str]) -> tuple[str, ...]:
+    """The platform lists of these segments (`repository.lagging_chunk`'s text), sorted."""
+    if not segments:
+        return ()
+    ids = (int(s) for s in segments.split(","))
+    return tuple(sorted({list_of_segment[s] for s in ids if s in list_of_segment}))
+
+
+def _contact(row: Any, total_spent: Mapping[str, Any]) -> _Contact:
     """A row of `repository.lagging_chunk` as the engine keeps it."""
     cid, _, consent, email, name, country, purchases, _, last_purchase, synced, platform_id = row[
         :11
