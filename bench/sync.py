@@ -14,7 +14,10 @@ Reported (bench/results/sync.json and .md):
 - wall time of the sync job, against the fake's own processing time for the imports
   (rows x seconds per row + its fixed delay): the floor set by the platform (imports are
   all started before any is awaited, so the platform works on them side by side);
-- peak RSS of the process running the sync (the setup is server-side SQL).
+- peak RSS of the process running the sync (the setup is server-side SQL);
+- CPU seconds of the process running the sync and of the fake during the sync job: a
+  measure of each side's own work that a busy machine does not inflate as much as wall
+  time (PostgreSQL's work is in neither).
 
 Settings: STRIPESYNC_BENCH_DATABASE_URL (admin URL, default postgresql://postgres@127.0.0.1:5432/postgres),
 STRIPESYNC_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0). The database is dropped at
@@ -76,6 +79,17 @@ WHERE c.account_id = :a AND (
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of another process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start_fake(rps: int, seconds_per_row: float, completed_after: float) -> tuple[Any, str]:
@@ -175,9 +189,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "http": http,
                 "job_try": 1,
             }
-            t0 = time.monotonic()
+            t0, cpu0, fake_cpu0 = time.monotonic(), _cpu_seconds(), _process_cpu_seconds(fake.pid)
             result = await sync_account_job(ctx, ACCOUNT, poll_interval=0.25)
             wall = time.monotonic() - t0
+            cpu = _cpu_seconds() - cpu0
+            fake_cpu = _process_cpu_seconds(fake.pid) - fake_cpu0
             requests = (await http.get(f"{fake_url}/_fake/requests")).json()
             state = (await http.get(f"{fake_url}/_fake/state")).json()
         await redis.aclose()
@@ -223,6 +239,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "fake_processing_longest_import_seconds": round(per_import, 2),
         "fake_processing_sum_seconds": round(fake_sum, 2),
         "overhead_over_sum_seconds": round(wall - fake_sum, 2),
+        "overhead_over_longest_seconds": round(wall - per_import, 2),
+        "cpu_seconds_sync_process": round(cpu, 2),
+        "cpu_seconds_fake": round(fake_cpu, 2),
         # Every request, polls included, shares the 4/s budget.
         "rate_limit_floor_seconds": round((len(calls) + len(polls)) / args.rps, 2),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -244,6 +263,7 @@ def _markdown(r: dict[str, Any]) -> str:
     walls = r["wall_seconds_all_runs"]
     rss = ", ".join(f"{x} MB" for x in r["peak_rss_mb_all_runs"])
     loads = ", ".join(str(x) for x in r["load_average_1min_all_runs"])
+    cpu = f"{r['cpu_seconds_sync_process']} s / {r['cpu_seconds_fake']} s"
     return f"""# Sync benchmark (`make bench-sync`)
 
 {r["contacts"]:,} direct-mode contacts (implied consent) in {r["list_sets"]} distinct list sets,
@@ -263,6 +283,8 @@ activity.
 | load average (1 min) after each run, {r["machine"]["cpus"]} CPUs | {loads} |
 | the fake's processing, longest import | {r["fake_processing_longest_import_seconds"]} s |
 | the fake's processing, all imports one after another | {r["fake_processing_sum_seconds"]} s |
+| wall time beyond the longest import (that run) | {r["overhead_over_longest_seconds"]} s |
+| CPU of the sync process / of the fake during the job (that run) | {cpu} |
 | all requests at the rate limit (another floor) | {r["rate_limit_floor_seconds"]} s |
 | peak RSS of the sync process (that run; every run) | {r["peak_rss_mb"]} MB; {rss} |
 | RSS before the sync | {r["rss_before_sync_mb"]} MB |
