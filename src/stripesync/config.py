@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     stripe_import_live_requests_per_second: float = 80.0
     stripe_import_test_requests_per_second: float = 20.0
     import_concurrency: int = 16
+    import_appliers: int = 4
     import_windows_per_list: int = 8
     import_lease_seconds: float = 60.0
     import_request_attempts: int = 8

@@ -11,14 +11,15 @@ import pytest
 from stripesync.imports.tasks import import_history
 from stripesync.models import Payment
 from tests.conftest import platform_headers
-from tests.fakes.stripe import History
+from tests.fakes.stripe import FakeStripe, History
 
 from .conftest import ACCOUNT, OWNER, Env
 
 
 @pytest.fixture
-def history() -> History:
-    return History(customers=400, charges=1200)
+def fake_stripe() -> FakeStripe:
+    # Slow answers keep the import running while the test disconnects (pages apply fast).
+    return FakeStripe(History(customers=400, charges=1200), latency=0.3)
 
 
 async def test_disconnect_cancels_a_running_import_between_pages(

@@ -123,7 +123,7 @@ async def record_consent(
     contact = await session.scalar(
         select(Contact)
         .where(Contact.account_id == account_id, Contact.id == contact_id)
-        .with_for_update()
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: foreign keys may still point here
     )
     if contact is None or not transition_allowed(contact.consent_state, state):
         return False

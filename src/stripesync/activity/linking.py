@@ -158,6 +158,9 @@ async def finish(session: AsyncSession, ctx: ActivityContext, changes: Changes) 
     """Drop contacts left without a source, recompute the touched ones, notify the hooks
     with the contacts that changed (created, consent moved, or activity differs)."""
     candidates = changes.touched | changes.changed
+    # Lock them all first, in id order: two batches touching the same contacts then queue
+    # instead of locking them in different orders (refresh, segments) and deadlocking.
+    await repository.lock_contacts(session, ctx.account_id, candidates)
     removed = await repository.delete_sourceless_contacts(session, ctx.account_id, candidates)
     alive = candidates - removed
     refreshed = await repository.refresh_activity(session, ctx, alive)

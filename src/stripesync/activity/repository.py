@@ -607,6 +607,19 @@ async def refresh_activity(
     return {int(i) for i in rows.all()}
 
 
+async def lock_contacts(session: AsyncSession, account_id: str, ids: Collection[int]) -> None:
+    """Row locks on these contacts in id order (NO KEY UPDATE: rows pointing at them by
+    foreign key are not blocked)."""
+    if ids:
+        await session.execute(
+            text(
+                "SELECT id FROM contacts WHERE account_id = :account_id AND id = ANY(:ids)"
+                " ORDER BY id FOR NO KEY UPDATE"
+            ).bindparams(_IDS),
+            {"account_id": account_id, "ids": sorted(ids)},
+        )
+
+
 async def existing_contacts(
     session: AsyncSession, account_id: str, ids: Collection[int]
 ) -> set[int]:

@@ -1,13 +1,15 @@
-"""Running one import job: readers fetch windows in parallel, one applier stores pages.
+"""Running one import job: readers fetch windows in parallel, a few appliers store pages.
 
-    readers (import_concurrency) ──pages──▶ bounded queue ──▶ applier ──▶ Postgres
+    readers (import_concurrency) ──pages──▶ a queue per applier ──▶ appliers ──▶ Postgres
         each: claim a window, read it page by page          one transaction per page:
         (budget + backoff), split the widest one when       the page's effects, its window's
         nothing is left to claim                            checkpoint, the job's lease
 
-Memory stays flat: at most `2 * import_concurrency` pages are in flight. One applier per
-account, because every page's contacts-changed hooks lock the account's segments: parallel
-appliers would only queue behind each other (or deadlock).
+Memory stays flat: at most `2 * import_concurrency` pages are in flight. A window's pages
+always go to the same applier (by window id), so each window's checkpoint advances in order.
+Appliers of one account touch overlapping contacts and lock the account's segments at the
+end of each page, so two pages can deadlock now and then: Postgres aborts one, and that page
+is simply applied again (its transaction rolled back whole, checkpoint included).
 
 Resuming: the checkpoint advances only with the page it describes, so after a crash the
 readers start again from each window's last applied object, and nothing is applied twice
@@ -29,6 +31,7 @@ from typing import Any
 import httpx
 import structlog
 from arq.connections import ArqRedis
+from sqlalchemy.exc import DBAPIError
 
 from stripesync.activity.context import ActivityContext
 from stripesync.clients.stripe import StripeClient, StripeError
@@ -61,6 +64,14 @@ log = structlog.get_logger(__name__)
 PAYER_BATCH = 100
 # Pages already waiting join the open transaction while it is younger than this.
 BATCH_SECONDS = 0.25
+# A page's transaction aborted by a deadlock (40P01) or a serialization failure (40001) is
+# applied again, up to this many times in all.
+PAGE_ATTEMPTS = 5
+_RETRYABLE = {"40P01", "40001"}
+
+
+def _retryable(error: DBAPIError) -> bool:
+    return getattr(error.orig, "sqlstate", None) in _RETRYABLE
 
 
 class LeaseLost(Exception):
@@ -99,6 +110,19 @@ def _position(window: Window) -> tuple[str | None, int | None, int, int]:
 
 def _restore(window: Window, position: tuple[str | None, int | None, int, int]) -> None:
     window.cursor, window.oldest_created, window.objects, window.pages = position
+
+
+async def _stop(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel these tasks and wait until they are done, cancelling again every second: a
+    cancellation can be lost when it races with the completion of what a task awaits."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: the first failure is raised by the caller
 
 
 def budget_name(connection: StripeConnection) -> str:
@@ -141,9 +165,12 @@ class ImportRun:
         self.windows: list[Window] = []
         self.requests_before = int(job.report.get("stripe_requests", 0))
         self.extra: Counter[str] = Counter(job.report.get("extra", {}))
-        self.queue: asyncio.Queue[Page | None] = asyncio.Queue(
-            maxsize=2 * max(1, self.settings.import_concurrency)
-        )
+        appliers = max(1, self.settings.import_appliers)
+        self.queues: list[asyncio.Queue[Page | None]] = [
+            asyncio.Queue(maxsize=max(2, 2 * max(1, self.settings.import_concurrency) // appliers))
+            for _ in range(appliers)
+        ]
+        self.page_retries = 0
 
     # --- the whole turn -----------------------------------------------------------------------
 
@@ -213,22 +240,29 @@ class ImportRun:
             asyncio.create_task(self._reader())
             for _ in range(max(1, self.settings.import_concurrency))
         ]
-        applier = asyncio.create_task(self._applier())
+        appliers = [asyncio.create_task(self._applier(queue)) for queue in self.queues]
 
         async def all_read() -> None:
             await asyncio.gather(*readers)
-            await self.queue.put(None)
+            for queue in self.queues:
+                await queue.put(None)
 
         reading = asyncio.create_task(all_read())
         try:
-            done, _ = await asyncio.wait({reading, applier}, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()  # raises the first failure
-            await applier
+            pending = {reading, *appliers}
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # raises the first failure
         finally:
-            for task in (*readers, reading, applier):
-                task.cancel()
-            await asyncio.gather(*readers, reading, applier, return_exceptions=True)
+            await _stop(reading, *readers)
+            # Appliers are not cancelled inside a transaction (one may hold locks another
+            # waits for): each ends the page in hand, committed or rolled back, then stops.
+            for queue in self.queues:
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)
+            await asyncio.gather(*appliers, return_exceptions=True)
 
     async def _claim(self) -> Window | None:
         while True:
@@ -266,7 +300,7 @@ class ImportRun:
                 if kept:
                     window.fetch_oldest = int(kept[-1]["created"])
                 window.fetched += len(kept)
-                await self.queue.put(
+                await self.queues[window.id % len(self.queues)].put(
                     Page(
                         window=window,
                         objects=kept,
@@ -277,9 +311,19 @@ class ImportRun:
                     )
                 )
 
-    async def _applier(self) -> None:
-        while (page := await self.queue.get()) is not None:
-            if not await self._apply_batch(page):
+    async def _applier(self, queue: asyncio.Queue[Page | None]) -> None:
+        while (page := await queue.get()) is not None:
+            pages: list[Page | None] = [page]
+            for attempt in range(1, PAGE_ATTEMPTS + 1):
+                try:
+                    more = await self._apply_batch(queue, pages)
+                    break
+                except DBAPIError as error:
+                    if not _retryable(error) or attempt == PAGE_ATTEMPTS:
+                        raise
+                    self.page_retries += 1
+                    log.info("import.page_retried", job_id=self.job.id, attempt=attempt)
+            if not more:
                 return
             self._pause_if_late()
 
@@ -288,18 +332,21 @@ class ImportRun:
     ) -> Counter[str]:
         return await apply_objects(session, ctx, resource, objects, job_started_at=self.started_at)
 
-    async def _apply_batch(self, first: Page) -> bool:
-        """Apply `first` and, while the transaction is younger than BATCH_SECONDS, the pages
-        already waiting, each with its window's checkpoint, in ONE transaction: cheap pages
-        share a commit, an expensive page (the usual case) gets its own. Answers False when
-        it took the end-of-input marker off the queue."""
-        more = True
+    async def _apply_batch(
+        self, queue: asyncio.Queue[Page | None], pages: list[Page | None]
+    ) -> bool:
+        """Apply `pages` and, while the transaction is younger than BATCH_SECONDS, the pages
+        already waiting (appended to `pages`, so a retry applies the same ones), each with
+        its window's checkpoint, in ONE transaction: cheap pages share a commit, an
+        expensive page (the usual case) gets its own. Answers False when the end-of-input
+        marker (None) is among them."""
         batch: list[Page] = []
         counts: dict[int, Counter[str]] = {}
         started = time.monotonic()
         async with transaction(self.deps.session_factory) as session:
             await self._check(session)
-            page: Page | None = first
+            taken = iter(list(pages))
+            page = next(taken)
             while page is not None:
                 window = page.window
                 window_counts = counts.setdefault(window.id, Counter(window.counts))
@@ -317,10 +364,13 @@ class ImportRun:
                     counts=dict(window_counts),
                 )
                 batch.append(page)
-                page = None
-                if time.monotonic() - started < BATCH_SECONDS and not self.queue.empty():
-                    page = self.queue.get_nowait()
-                    more = page is not None
+                if len(batch) < len(pages):
+                    page = next(taken)
+                elif time.monotonic() - started < BATCH_SECONDS and not queue.empty():
+                    page = queue.get_nowait()
+                    pages.append(page)
+                else:
+                    break
             # The in-memory checkpoints follow the commit: tentatively for the progress
             # written with it, undone if the lease turns out lost.
             before = {p.window.id: _position(p.window) for p in batch}
@@ -337,7 +387,7 @@ class ImportRun:
             for p in batch:
                 p.window.done = p.done
                 p.window.counts = dict(counts[p.window.id])
-        return more
+        return pages[-1] is not None
 
     # --- opt-in mode: customers created earlier who paid in the last 6 months ---------------
 

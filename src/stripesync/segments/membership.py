@@ -34,7 +34,7 @@ from stripesync.segments.rules import Rule, SqlParams, compile_rule, parse_rule
 
 PERMITTED = [state.value for state in PERMITTED_CONSENT]
 LOCK_SEGMENTS = (
-    "SELECT id FROM segments WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE"
+    "SELECT id FROM segments WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR NO KEY UPDATE"
 )
 
 
@@ -224,7 +224,7 @@ async def recompute_contacts(
     await session.execute(
         text(
             "SELECT id FROM contacts WHERE account_id = :a AND id = ANY(CAST(:ids AS bigint[]))"
-            " ORDER BY id FOR UPDATE"
+            " ORDER BY id FOR NO KEY UPDATE"
         ),
         {"a": account_id, "ids": ids},
     )
