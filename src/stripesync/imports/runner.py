@@ -63,11 +63,13 @@ log = structlog.get_logger(__name__)
 
 PAYER_BATCH = 100
 # Pages already waiting join the open transaction while it is younger than this.
-BATCH_SECONDS = 0.25
 # A page's transaction aborted by a deadlock (40P01) or a serialization failure (40001) is
 # applied again, up to this many times in all.
 PAGE_ATTEMPTS = 5
 _RETRYABLE = {"40P01", "40001"}
+# Objects applied before the planner statistics are refreshed the first time; then each time
+# the count doubles (repository.analyze_growing_tables).
+ANALYZE_FIRST = 2_000
 
 
 def _retryable(error: DBAPIError) -> bool:
@@ -171,6 +173,7 @@ class ImportRun:
             for _ in range(appliers)
         ]
         self.page_retries = 0
+        self.next_analyze = ANALYZE_FIRST
 
     # --- the whole turn -----------------------------------------------------------------------
 
@@ -313,81 +316,67 @@ class ImportRun:
 
     async def _applier(self, queue: asyncio.Queue[Page | None]) -> None:
         while (page := await queue.get()) is not None:
-            pages: list[Page | None] = [page]
             for attempt in range(1, PAGE_ATTEMPTS + 1):
                 try:
-                    more = await self._apply_batch(queue, pages)
+                    await self._apply_page(page)
                     break
                 except DBAPIError as error:
                     if not _retryable(error) or attempt == PAGE_ATTEMPTS:
                         raise
                     self.page_retries += 1
-                    log.info("import.page_retried", job_id=self.job.id, attempt=attempt)
-            if not more:
-                return
+                    detail = getattr(error.orig, "detail", None)  # which processes, which locks
+                    log.info(
+                        "import_page_retried", job_id=self.job.id, attempt=attempt, detail=detail
+                    )
+            await self._analyze_if_grown()
             self._pause_if_late()
+
+    async def _analyze_if_grown(self) -> None:
+        applied = sum(w.objects for w in self.windows)
+        if applied < self.next_analyze:
+            return
+        self.next_analyze = 2 * applied  # set first: the other appliers go on meanwhile
+        async with transaction(self.deps.session_factory) as session:
+            await repository.analyze_growing_tables(session)
 
     async def _apply_objects(
         self, session: Any, ctx: ActivityContext, resource: str, objects: list[dict[str, Any]]
     ) -> Counter[str]:
         return await apply_objects(session, ctx, resource, objects, job_started_at=self.started_at)
 
-    async def _apply_batch(
-        self, queue: asyncio.Queue[Page | None], pages: list[Page | None]
-    ) -> bool:
-        """Apply `pages` and, while the transaction is younger than BATCH_SECONDS, the pages
-        already waiting (appended to `pages`, so a retry applies the same ones), each with
-        its window's checkpoint, in ONE transaction: cheap pages share a commit, an
-        expensive page (the usual case) gets its own. Answers False when the end-of-input
-        marker (None) is among them."""
-        batch: list[Page] = []
-        counts: dict[int, Counter[str]] = {}
-        started = time.monotonic()
+    async def _apply_page(self, page: Page) -> None:
+        """Apply one page with its window's checkpoint and the job's lease, in ONE
+        transaction. One page, not several: the page's segment counters stay locked until
+        its commit, and parallel appliers would queue behind a transaction holding them
+        across pages."""
+        window = page.window
         async with transaction(self.deps.session_factory) as session:
             await self._check(session)
-            taken = iter(list(pages))
-            page = next(taken)
-            while page is not None:
-                window = page.window
-                window_counts = counts.setdefault(window.id, Counter(window.counts))
-                ctx = ActivityContext.for_connection(self.connection, page.fetched_at)
-                window_counts.update(
-                    await self._apply_objects(session, ctx, window.resource, page.objects)
-                )
-                await repository.checkpoint(
-                    session,
-                    window.id,
-                    cursor=page.cursor,
-                    oldest_created=page.oldest,
-                    objects=len(page.objects),
-                    done=page.done,
-                    counts=dict(window_counts),
-                )
-                batch.append(page)
-                if len(batch) < len(pages):
-                    page = next(taken)
-                elif time.monotonic() - started < BATCH_SECONDS and not queue.empty():
-                    page = queue.get_nowait()
-                    pages.append(page)
-                else:
-                    break
-            # The in-memory checkpoints follow the commit: tentatively for the progress
+            ctx = ActivityContext.for_connection(self.connection, page.fetched_at)
+            counts = Counter(window.counts)
+            counts.update(await self._apply_objects(session, ctx, window.resource, page.objects))
+            await repository.checkpoint(
+                session,
+                window.id,
+                cursor=page.cursor,
+                oldest_created=page.oldest,
+                objects=len(page.objects),
+                done=page.done,
+                counts=dict(counts),
+            )
+            # The in-memory checkpoint follows the commit: tentatively for the progress
             # written with it, undone if the lease turns out lost.
-            before = {p.window.id: _position(p.window) for p in batch}
-            for p in batch:
-                p.window.cursor, p.window.oldest_created = p.cursor, p.oldest
-                p.window.objects += len(p.objects)
-                p.window.pages += 1
+            before = _position(window)
+            window.cursor, window.oldest_created = page.cursor, page.oldest
+            window.objects += len(page.objects)
+            window.pages += 1
             try:
                 await self._fenced(session, progress=self.progress(), report=self.running_report())
             except BaseException:
-                for p in batch:
-                    _restore(p.window, before[p.window.id])
+                _restore(window, before)
                 raise
-            for p in batch:
-                p.window.done = p.done
-                p.window.counts = dict(counts[p.window.id])
-        return pages[-1] is not None
+            window.done = page.done
+            window.counts = dict(counts)
 
     # --- opt-in mode: customers created earlier who paid in the last 6 months ---------------
 

@@ -234,10 +234,10 @@ async def recompute_contacts(
     deltas = {sid: entered - exited for sid, (entered, exited) in changes.items()}
     changed = sorted(sid for sid, delta in deltas.items() if delta)
     if changed:
-        await session.execute(
-            text(LOCK_SEGMENTS),
-            {"ids": changed},
-        )
+        # Lock every live segment of the account, not only the changed ones: a transaction
+        # may call this again (an import's batch of pages), and locks taken a few at a time
+        # across calls would not be in one order across transactions.
+        await session.execute(text(LOCK_SEGMENTS), {"ids": sorted(s.id for s in segments)})
         await session.execute(
             text(
                 "UPDATE segments s SET member_count = s.member_count + v.delta"
