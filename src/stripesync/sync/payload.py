@@ -32,12 +32,46 @@ def field_values(contact: PushFields) -> dict[CustomFieldKey, str]:
     return values
 
 
+# Stripe's currencies whose minor unit is not a hundredth (stripe.com/docs/currencies):
+# amounts in these are whole units, or thousandths.
+ZERO_DECIMAL = frozenset(
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
+)
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+
+
+def money_text(minor: int, currency: str) -> str:
+    """An amount in minor units as the decimal figure a person reads (12345 usd: 123.45)."""
+    if currency.lower() in ZERO_DECIMAL:
+        return str(minor)
+    if currency.lower() in THREE_DECIMAL:
+        return f"{minor / 1000:.3f}"
+    return f"{minor / 100:.2f}"
+
+
 def _spend(total_spent: Mapping[str, Any]) -> str | None:
     """Lifetime spend in its one currency; spend in several has no single figure to show."""
     if len(total_spent) != 1:
         return None
-    (minor,) = total_spent.values()
-    return f"{int(minor) / 100:.2f}"
+    ((currency, minor),) = total_spent.items()
+    return money_text(int(minor), currency)
 
 
 def split_name(name: str | None) -> tuple[str | None, str | None]:
