@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import String, bindparam, select, text
+from sqlalchemy import String, bindparam, insert, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -63,19 +63,21 @@ async def append_ledger_entries(
     if not people:
         return
     now = utcnow()
-    session.add_all(
-        ConsentEvent(
-            account_id=account_id,
-            contact_id=contact_id,
-            email_hash=email_hash(email),
-            state=state,
-            source=source,
-            evidence=evidence,
-            created_at=now,
-        )
-        for contact_id, email in people
+    await session.execute(
+        insert(ConsentEvent),
+        [
+            {
+                "account_id": account_id,
+                "contact_id": contact_id,
+                "email_hash": email_hash(email),
+                "state": state,
+                "source": source,
+                "evidence": evidence,
+                "created_at": now,
+            }
+            for contact_id, email in people
+        ],
     )
-    await session.flush()
 
 
 async def latest_ledger_states(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -27,6 +28,13 @@ def check_email(raw: object) -> EmailCheck:
     candidate = raw.strip().lower()
     if len(candidate) > MAX_EMAIL_LENGTH:
         return EmailCheck(None, INVALID_EMAIL)
+    return _validated(candidate)
+
+
+# The same addresses come back again and again (a customer, their charges, their checkout),
+# and full validation is the costliest step of applying a page: remember recent answers.
+@lru_cache(maxsize=16_384)
+def _validated(candidate: str) -> EmailCheck:
     try:
         result = validate_email(candidate, check_deliverability=False)
     except EmailNotValidError:
