@@ -258,8 +258,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         e2e_rate = results["end_to_end"]["objects_per_second"]
         results["end_to_end"]["share_of_ceiling"] = round(e2e_rate / (CEILING_RPS * 100), 4)
         total = args.customers + args.charges
-        results["end_to_end"]["projected_hours_for_all"] = (
-            round(total / e2e_rate / 3600, 1) if e2e_rate else None
+        results["end_to_end"]["projected_minutes_for_all"] = (
+            round(total / e2e_rate / 60, 1) if e2e_rate else None
         )
     finally:
         fake.terminate()
@@ -333,7 +333,7 @@ contact-activity refresh and ONE contacts-changed call (segments, opt-in, sync) 
 page's contacts, with {e2e.get("appliers", "?")} page transactions of the account in
 parallel (a window's pages in order). Deadlocked pages applied again:
 {e2e.get("page_retries", "?")}. At that rate the whole history takes about
-{e2e["projected_hours_for_all"]} hours. The end-to-end rate is bounded by Postgres and
+{e2e["projected_minutes_for_all"]} minutes. The end-to-end rate is bounded by Postgres and
 Python sharing the machine's {meta["machine"]["cpus"]} CPUs with the fake Stripe, not by
 Stripe's budget.
 """
