@@ -360,10 +360,6 @@ class World:
             # its two minutes (the default is 300 s). Longer work runs in 15 s slices.
             "STRIPESYNC_JOB_TIMEOUT_SECONDS": "30",
             "STRIPESYNC_STRIPE_IMPORT_TEST_REQUESTS_PER_SECOND": "200",
-            # One reader: with several, a window split while another split's new window
-            # has no id yet fails the import (NoResultFound in imports.repository.split_window;
-            # reported, owned by the imports feature). Remove once fixed.
-            "STRIPESYNC_IMPORT_CONCURRENCY": "1",
             "STRIPESYNC_STRIPE_RECONCILE_EVERY_MINUTES": str(self.reconcile_every_minutes),
         }
         values.update(self.extra_env)
