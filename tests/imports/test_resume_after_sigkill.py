@@ -57,12 +57,13 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 def fake_args(history: History, port: int) -> list[str]:
+    # Slow answers: pages apply fast, and the kill must land part-way through the import.
     return [
         "-m", "tests.fakes.stripe", "--port", str(port),
         "--customers", str(history.customers), "--charges", str(history.charges),
         "--checkout-sessions", str(history.checkout_sessions),
         "--subscriptions", str(history.subscriptions),
-        "--end", str(history.end), "--days", str(history.days), "--latency", "0.02",
+        "--end", str(history.end), "--days", str(history.days), "--latency", "0.3",
     ]  # fmt: skip
 
 
