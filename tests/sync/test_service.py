@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from stripesync.clients.constant_contact import ConstantContactClient
+from stripesync.clients.constant_contact import ConstantContactClient, PlatformError
 from stripesync.db import SessionFactory, transaction
 from stripesync.models import Account, Contact, ContactSegment, Segment, SyncBatch
 from stripesync.sync.service import sync_account
@@ -152,3 +152,46 @@ async def test_removed_segment_list_is_removed_by_platform_id(
     removal = fake_cc.api_requests("remove_list_memberships")[0].body
     assert removal["list_ids"] == [list_id]
     assert fake_cc.contact("c@x.io").list_ids == set()  # type: ignore[union-attr]
+
+
+def test_fewer_collections_while_any_read_runs_then_as_before() -> None:
+    import gc
+
+    from stripesync.sync import service
+
+    before = gc.get_threshold()
+    with service._fewer_collections():
+        with service._fewer_collections():
+            assert gc.get_threshold() == service._GC_THRESHOLDS_WHILE_READING
+        assert gc.get_threshold() == service._GC_THRESHOLDS_WHILE_READING  # one still reads
+    assert gc.get_threshold() == before
+
+
+async def test_someone_moving_lists_is_not_imported_before_the_old_list_is_left(
+    session_factory: SessionFactory, fake_cc: FakeConstantContact, client: ConstantContactClient
+) -> None:
+    old_list, ids = await _setup(session_factory, fake_cc, {"m@x.io": "implied"})
+    await sync_account(session_factory, client, ACCOUNT, poll_interval=0.02)
+    imports_before = len(fake_cc.api_requests("contacts_json_import"))
+    new_list = fake_cc._create_list({"name": "Movers"})[1]["list_id"]
+    async with transaction(session_factory) as session:
+        await session.execute(ContactSegment.__table__.delete())
+        mover = Segment(account_id=ACCOUNT, name="Movers", kind="custom", platform_list_id=new_list)
+        session.add(mover)
+        await session.flush()
+        session.add(ContactSegment(contact_id=ids["m@x.io"], segment_id=mover.id))
+        contact = await session.get(Contact, ids["m@x.io"])
+        assert contact is not None
+        contact.version += 1
+    fake_cc.fail_next_activities = 1  # the removal from the old list fails
+
+    with pytest.raises(PlatformError):
+        await sync_account(session_factory, client, ACCOUNT, poll_interval=0.02)
+
+    # Not put on the new list (nor marked synced there) while still on the old one.
+    assert len(fake_cc.api_requests("contacts_json_import")) == imports_before
+    assert fake_cc.contact("m@x.io").list_ids == {old_list}  # type: ignore[union-attr]
+    async with transaction(session_factory) as session:
+        contact = await session.get(Contact, ids["m@x.io"])
+        assert contact is not None
+        assert contact.synced_version < contact.version

@@ -7,11 +7,11 @@ run that died.
   written out onto the contacts (`repository.note_lists_maybe_added`) whenever the outcome
   is not a plain success: a failed activity, rows the platform refused, an answer that
   never came. A success writes the lists as synced.
-- Every import is sent before any is awaited (a few at a time, each few checked for
-  permission just before): the platform works on them side by side, so a run takes about
-  as long as the slowest, not the sum.
+- Each import is sent as soon as its batch is built (`ImportStream`), checked for
+  permission just before, while the next ones are still read and built: the platform
+  works on them side by side and on the first while we build the last.
 - An import is polled when its progress says it should be done, and settled with one
-  statement from its row while the next one is polled.
+  statement from its row as soon as its own activity ends, while the others still run.
 """
 
 from __future__ import annotations
@@ -49,49 +49,107 @@ class _Sent:
     rows: list[Mapping[str, str]]
 
 
-async def run_imports(
-    session_factory: SessionFactory,
-    client: ConstantContactClient,
-    account_id: str,
-    batches: Sequence[ImportBatch[int]],
-    versions: Mapping[int, int],
-    pending: set[int],
-    report: SyncReport,
-    poll_interval: float,
-) -> None:
-    """Send the batches (contact ids → the versions read in `versions`) and settle them.
+class ImportStream:
+    """Sends import batches as they are handed over (`submit`), while the caller goes on
+    reading and building the next ones, and settles each as soon as its own activity ends.
 
-    Contacts leave `pending` once their import is accepted, or when they lost permission;
-    an error of the platform or of the quota propagates once those sent are on record."""
-    sent: list[_Sent] = []
-    for first in range(0, len(batches), IMPORTS_IN_FLIGHT):
-        recorded = await _record(
-            session_factory, account_id, batches[first : first + IMPORTS_IN_FLIGHT], versions
-        )
-        pending.difference_update(recorded.lost)
-        outcomes = await asyncio.gather(
-            *(_send(session_factory, client, bid, batch, pending) for bid, batch in recorded.rows),
-            return_exceptions=True,
-        )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if failures:
-            # Those sent are resumed (polled) by the next run.
-            raise next((f for f in failures if isinstance(f, QuotaExhausted)), failures[0])
-        sent.extend(o for o in outcomes if isinstance(o, _Sent))
-    settling: list[asyncio.Task[None]] = []
-    try:
-        for item in sent:
-            done = await _wait(client, item, poll_interval)
-            settling.append(
-                asyncio.create_task(
-                    _settle(session_factory, item.batch_id, done, report, item.keys, item.rows)
-                )
+    Each batch is checked for permission and recorded just before it is sent, at most
+    `IMPORTS_IN_FLIGHT` at once between the check and the platform's answer. Contacts
+    leave `pending` once their import is accepted, or when they lost permission. After a
+    failure nothing more is sent (those contacts stay in `pending`); those already sent
+    are still polled and settled, and `finish` raises the failure (out of quota first).
+
+    Polls share the platform's request budget with the imports: none is polled before
+    every batch read so far is sent (`all_read`), lest a poll delay the last import.
+    """
+
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        client: ConstantContactClient,
+        account_id: str,
+        versions: Mapping[int, int],
+        pending: set[int],
+        report: SyncReport,
+        poll_interval: float,
+    ) -> None:
+        self._session_factory = session_factory
+        self._client = client
+        self._account_id = account_id
+        self._versions = versions  # contact id → the version read
+        self._pending = pending
+        self._report = report
+        self._poll_interval = poll_interval
+        self._slots = asyncio.Semaphore(IMPORTS_IN_FLIGHT)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failures: list[BaseException] = []
+        self._reading = True
+        self._sending = 0  # batches between their permission check and the answer
+        self._all_sent = asyncio.Event()
+
+    def submit(self, batch: ImportBatch[int]) -> None:
+        """Send this batch (its contacts' versions are in `versions`) and settle it."""
+        if not self._failures:
+            self._sending += 1
+            self._check_all_sent()
+            self._tasks.append(asyncio.create_task(self._run(batch)))
+
+    def all_read(self) -> None:
+        """No more batches come from the read (some held back may still be submitted)."""
+        self._reading = False
+        self._check_all_sent()
+
+    async def finish(self) -> None:
+        """Wait until every batch submitted is settled (or failed); raise the failure."""
+        self.all_read()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._failures:
+            raise next(
+                (f for f in self._failures if isinstance(f, QuotaExhausted)), self._failures[0]
             )
-    finally:
-        settled = await asyncio.gather(*settling, return_exceptions=True)
-    for outcome in settled:
-        if isinstance(outcome, BaseException):
-            raise outcome
+
+    async def cancel(self) -> None:
+        """Stop what is still running (a run that failed elsewhere): a batch recorded but
+        not settled is resumed by the next run."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _check_all_sent(self) -> None:
+        if self._reading or self._sending:
+            self._all_sent.clear()
+        else:
+            self._all_sent.set()
+
+    async def _run(self, batch: ImportBatch[int]) -> None:
+        try:
+            async with self._slots:
+                if self._failures:
+                    return
+                recorded = await _record(
+                    self._session_factory, self._account_id, [batch], self._versions
+                )
+                self._pending.difference_update(recorded.lost)
+                if not recorded.rows:
+                    return
+                ((batch_id, kept),) = recorded.rows
+                sent = await _send(
+                    self._session_factory, self._client, batch_id, kept, self._pending
+                )
+        except Exception as exc:  # raised by `finish`
+            self._failures.append(exc)
+            return
+        finally:
+            self._sending -= 1
+            self._check_all_sent()
+        try:
+            await self._all_sent.wait()
+            done = await _wait(self._client, sent, self._poll_interval)
+            await _settle(
+                self._session_factory, sent.batch_id, done, self._report, sent.keys, sent.rows
+            )
+        except Exception as exc:  # raised by `finish`
+            self._failures.append(exc)
 
 
 async def resume_imports(
@@ -176,9 +234,11 @@ async def _send(
 
 
 async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> Activity:
-    """Poll an import until it finishes: at least `interval` apart, and soon after the end
-    that its progress so far (`percent_done`) points to, but never later than half the time
-    it has taken so far (so unknown or uneven progress costs few polls, like a backoff)."""
+    """Poll an import until it finishes: at least `interval` apart, just after the end that
+    its progress so far (`percent_done`) points to (at most `MAX_POLL_INTERVAL_SECONDS`
+    later), or, with no progress to go by, after as long as it has taken so far (a
+    backoff). Polls share the request budget with everything else: each one too many
+    delays the others."""
     loop = asyncio.get_running_loop()
     while True:
         activity = await client.get_activity(sent.activity_id)
@@ -187,10 +247,11 @@ async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> 
         elapsed = loop.time() - sent.accepted_at
         if elapsed > GIVE_UP_POLLING_SECONDS:
             raise TimeoutError(f"activity {sent.activity_id} still {activity.state}")
-        longest = min(max(interval, elapsed / 2), MAX_POLL_INTERVAL_SECONDS)
         percent = activity.percent_done or 0
-        rest = elapsed * (100 - percent) / percent if 0 < percent < 100 else longest
-        await asyncio.sleep(min(max(rest, interval), longest))
+        # Just after (the platform's clock started before its answer reached us), or else
+        # after as long again.
+        wait = elapsed * (100 - percent) / percent + interval / 4 if 0 < percent < 100 else elapsed
+        await asyncio.sleep(min(max(wait, interval), MAX_POLL_INTERVAL_SECONDS))
 
 
 _ROW = re.compile(r"\brow\s+(\d+)", re.IGNORECASE)

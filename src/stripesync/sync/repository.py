@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    distinct,
     func,
     literal_column,
     select,
@@ -61,30 +62,37 @@ async def lagging_contacts(
     return (await session.scalars(stmt)).all()
 
 
-async def lagging_chunk(
-    session: AsyncSession, account_id: str, now: datetime, after_id: int, limit: int
-) -> Sequence[Any]:
-    """The next `limit` lagging contacts with id above `after_id` (keyset order), as plain
-    rows of only what a push needs. `segments` is the ids of the contact's segments as
-    text, sorted and comma-separated (`segment_lists` says which platform list each stands
-    for), or None; `synced_lists` is None when empty.
+async def lagging_rows(
+    session: AsyncSession, account_id: str, now: datetime, limit: int, chunk: int
+) -> AsyncGenerator[Sequence[Any], None]:
+    """The lagging contacts (at most `limit`), `chunk` rows at a time, as plain rows of
+    only what a push needs, grouped by their platform lists: ordered by `lists` (the
+    platform list ids of the contact's live segments, sorted and comma-separated, or None),
+    then by id. Once the rows of one list set are read, none of that set follow, so its
+    import batch can be sent while the rest are read. `synced_lists` is None when empty.
 
-    Whatever Python would decode per row (JSON, arrays, ORM rows) is left to the database
-    or the driver (`total_spent` comes as JSON text, and the statement runs as Core on the
-    session's connection): per-row work in Python cost more than the query (100,000 rows
-    a run)."""
-    segments = (
+    One statement read through a server-side cursor: the database works out every
+    contact's lists once. Whatever Python would decode per row (JSON, arrays, ORM rows) is
+    left to the database or the driver (`total_spent` comes as JSON text, and the
+    statement runs as Core on the session's connection): per-row work in Python cost more
+    than the query (100,000 rows a run)."""
+    lists = (
         select(
-            func.array_to_string(
-                func.array_agg(
-                    aggregate_order_by(ContactSegment.segment_id, ContactSegment.segment_id)
-                ),
-                ",",
+            func.string_agg(
+                distinct(Segment.platform_list_id),
+                aggregate_order_by(literal_column("','"), Segment.platform_list_id),
             )
         )
-        .where(ContactSegment.contact_id == Contact.id)
+        .join(ContactSegment, ContactSegment.segment_id == Segment.id)
+        .where(
+            ContactSegment.contact_id == Contact.id,
+            Segment.deleted_at.is_(None),
+            Segment.platform_list_id.is_not(None),
+            Segment.platform_list_id != "",
+        )
         .scalar_subquery()
     )
+    lists_column = type_coerce(lists, NullType()).label("lists")
     stmt = (
         select(
             Contact.id,
@@ -100,32 +108,24 @@ async def lagging_chunk(
                 func.nullif(Contact.synced_lists, literal_column("'{}'")), NullType()
             ).label("synced_lists"),
             Contact.platform_contact_id,
-            type_coerce(segments, NullType()).label("segments"),
+            lists_column,
         )
         .where(
             Contact.account_id == account_id,
-            Contact.id > after_id,
             Contact.synced_version < Contact.version,
             (Contact.sync_deferred_until.is_(None)) | (Contact.sync_deferred_until <= now),
         )
-        .order_by(Contact.id)
+        .order_by(literal_column("lists").nulls_first(), Contact.id)
         .limit(limit)
+        .execution_options(yield_per=chunk)
     )
     connection = await session.connection()
-    return (await connection.execute(stmt)).all()
-
-
-async def segment_lists(session: AsyncSession, account_id: str) -> dict[int, str]:
-    """The platform list of each live segment of the account that has one, by segment id."""
-    rows = await session.execute(
-        select(Segment.id, Segment.platform_list_id).where(
-            Segment.account_id == account_id,
-            Segment.deleted_at.is_(None),
-            Segment.platform_list_id.is_not(None),
-            Segment.platform_list_id != "",
-        )
-    )
-    return {segment_id: str(list_id) for segment_id, list_id in rows.all()}
+    result = await connection.stream(stmt)
+    try:
+        async for rows in result.partitions(chunk):
+            yield rows
+    finally:
+        await result.close()
 
 
 async def custom_fields(session: AsyncSession, account_id: str) -> dict[str, PlatformCustomField]:

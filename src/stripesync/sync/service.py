@@ -13,15 +13,18 @@ Per account, one run (an arq job with the account's job id, so never two at once
 A contact is marked synced at the version that was read, so a change made meanwhile leaves
 it lagging for the next run: ten quick changes cost one push, and none is lost.
 
-The lagging contacts are read once, in chunks, as plain rows; the import rows are built
-as they come (see `bulk` for how imports are sent and settled).
+The lagging contacts are read once, in chunks, as plain rows grouped by their lists; the
+import rows are built as they come, and each import batch is sent as soon as it is complete
+(see `bulk` for how imports are sent and settled), while the next ones are read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -41,7 +44,7 @@ from stripesync.kit.ratelimit import QuotaExhausted
 from stripesync.models import PERMITTED_CONSENT, ConsentState, PlatformCustomField
 from stripesync.sync import repository
 from stripesync.sync.batching import ImportBatch, ImportBatcher, membership_batches
-from stripesync.sync.bulk import resume_imports, run_imports
+from stripesync.sync.bulk import ImportStream, resume_imports
 from stripesync.sync.lists import (
     ensure_custom_fields,
     ensure_platform_lists,
@@ -52,12 +55,38 @@ from stripesync.sync.payload import ImportRows, field_values, split_name
 
 log = structlog.get_logger(__name__)
 
-# Lagging contacts are read this many at a time (keyset by id), as plain rows of only the
+# Lagging contacts are read this many at a time (one cursor), as plain rows of only the
 # columns a push needs: loading 100,000 ORM objects cost more than the platform's work.
 READ_CHUNK = 10_000
 _PERMITTED = frozenset(str(c) for c in PERMITTED_CONSENT)
 _NO_SPEND: Mapping[str, Any] = MappingProxyType({})
 _CONFIRMED = str(ConsentState.CONFIRMED)
+
+
+# Reading 100,000 lagging contacts builds as many long-lived objects (their rows): with
+# the collector's default thresholds its young generations run every 700 allocations and
+# its full collections re-scan them all again and again (a third of the read's CPU). While
+# a read runs, the collector runs this rarely (allocations; then young and full
+# collections per collection of the younger generation); as before once no read runs
+# (counted: the worker runs several syncs at once).
+_GC_THRESHOLDS_WHILE_READING = (100_000, 50, 100)
+_gc_readers = 0
+_gc_thresholds = gc.get_threshold()
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    global _gc_readers, _gc_thresholds
+    if _gc_readers == 0:
+        _gc_thresholds = gc.get_threshold()
+        gc.set_threshold(*_GC_THRESHOLDS_WHILE_READING)
+    _gc_readers += 1
+    try:
+        yield
+    finally:
+        _gc_readers -= 1
+        if _gc_readers == 0:
+            gc.set_threshold(*_gc_thresholds)
 
 
 @dataclass
@@ -112,12 +141,26 @@ class _Found:
     listless: dict[int, int] = field(default_factory=dict)  # id → version: no list (yet)
     versions: dict[int, int] = field(default_factory=dict)  # to import: id → version
     batcher: ImportBatcher[int] = field(default_factory=ImportBatcher[int])
-    full: list[ImportBatch[int]] = field(default_factory=list)  # batches already filled
     pending: set[int] = field(default_factory=set)  # permitted, not pushed yet
+    removing: set[int] = field(default_factory=set)  # ids of `removals`
+    # Batches with someone leaving some lists: sent after the removals, so that no one is
+    # marked synced onto their new lists while still on an old one.
+    held: list[ImportBatch[int]] = field(default_factory=list)
 
-    def add_rows(self, built: _Built) -> None:
+    def add_rows(self, built: _Built) -> list[ImportBatch[int]]:
+        """Add built rows to the open batches; answer those that filled."""
+        full: list[ImportBatch[int]] = []
         for list_ids, (keys, rows) in built.items():
-            self.full.extend(self.batcher.add_many(keys, list_ids, rows))
+            full.extend(self.batcher.add_many(keys, list_ids, rows))
+        return full
+
+    def send(self, batches: Sequence[ImportBatch[int]], stream: ImportStream) -> None:
+        """Hand complete batches to the stream now, or hold them until the removals."""
+        for batch in batches:
+            if self.removing and not self.removing.isdisjoint(batch.keys):
+                self.held.append(batch)
+            else:
+                stream.submit(batch)
 
 
 async def sync_account(
@@ -135,6 +178,16 @@ async def sync_account(
     next UTC day and the report says until when.
     """
     report = SyncReport()
+    found = _Found()
+    stream = ImportStream(
+        session_factory,
+        client,
+        account_id,
+        found.versions,
+        found.pending,
+        report,
+        poll_interval,
+    )
     try:
         await resume_imports(session_factory, client, account_id, report, poll_interval)
         await remove_deleted_segment_lists(session_factory, client, account_id)
@@ -143,8 +196,12 @@ async def sync_account(
         # lagging contacts are read (import rows are built once the fields exist).
         fields_made = asyncio.create_task(ensure_custom_fields(session_factory, client, account_id))
         try:
-            found = await _read_lagging(session_factory, account_id, limit, report, fields_made)
+            with _fewer_collections():
+                await _read_lagging(
+                    session_factory, account_id, limit, report, fields_made, found, stream
+                )
             fields = await fields_made
+            stream.all_read()
         finally:
             fields_made.cancel()  # when the read failed first
             await asyncio.gather(fields_made, return_exceptions=True)
@@ -164,18 +221,12 @@ async def sync_account(
             async with transaction(session_factory) as session:
                 await repository.mark_synced_many(session, found.listless, [], utcnow())
             pending.difference_update(found.listless)
-            batches = [*found.full, *found.batcher.flush()]
-            await run_imports(
-                session_factory,
-                client,
-                account_id,
-                batches,
-                found.versions,
-                pending,
-                report,
-                poll_interval,
-            )
+            for batch in found.held:
+                stream.submit(batch)
+            await stream.finish()
         except QuotaExhausted as exc:
+            # Those in flight end first: whoever they did not take waits for tomorrow.
+            await asyncio.gather(stream.finish(), return_exceptions=True)
             async with transaction(session_factory) as session:
                 await repository.mark_deferred(session, pending | pending_revoked, exc.retry_at)
             report.deferred_until = exc.retry_at
@@ -185,6 +236,8 @@ async def sync_account(
         async with transaction(session_factory) as session:
             report.deferred = await repository.defer_lagging(session, account_id, exc.retry_at)
         report.deferred_until = exc.retry_at
+    finally:
+        await stream.cancel()  # nothing left on success; on a failure, resumed next run
     SYNC_CONTACTS.labels("synced").inc(report.signed_up + report.imported)
     SYNC_CONTACTS.labels("skipped").inc(report.skipped)
     SYNC_CONTACTS.labels("error").inc(report.errors)
@@ -208,39 +261,37 @@ async def _read_lagging(
     limit: int,
     report: SyncReport,
     fields_made: asyncio.Task[dict[str, PlatformCustomField]],
-) -> _Found:
-    """Read the lagging contacts chunk by chunk and sort out what each needs. The rows of
-    those to import are built here, into batches: of them only ids and versions are kept.
+    found: _Found,
+    stream: ImportStream,
+) -> None:
+    """Read the lagging contacts chunk by chunk into `found`, sorting out what each needs.
+    The rows of those to import are built here, into batches (of them only ids and
+    versions are kept), and each batch goes to `stream` once complete: the rows come
+    grouped by list set, so the batches of every list set but the last row's are.
 
     Contacts without permission are marked seen chunk by chunk and never leave."""
-    found = _Found()
     now = utcnow()
     rows_of: ImportRows | None = None  # once the custom fields exist
     waiting: list[_Waiting] = []
-    lists_of: dict[str | None, tuple[str, ...]] = {}  # segment ids → their lists, sorted
+    lists_of: dict[str | None, tuple[str, ...]] = {}  # lists as read → sorted
     async with transaction(session_factory) as reading:
-        list_of_segment = await repository.segment_lists(reading, account_id)
-
-        async def fetch(after: int, size: int) -> Sequence[Any]:
-            return await repository.lagging_chunk(reading, account_id, now, after, size)
-
-        read = 0
-        size = min(READ_CHUNK, limit)
-        fetching: asyncio.Task[Sequence[Any]] | None = asyncio.create_task(fetch(0, size))
+        chunks = repository.lagging_rows(reading, account_id, now, limit, READ_CHUNK)
+        # The database reads the next chunk while this one is sorted out here (which lets
+        # it run every few hundred rows).
+        fetching: asyncio.Task[Sequence[Any] | None] | None = asyncio.create_task(
+            _next_chunk(chunks)
+        )
         try:
             while fetching is not None:
                 chunk = await fetching
                 fetching = None
-                read += len(chunk)
-                if len(chunk) == size and read < limit:
-                    # The database reads the next chunk while this one is sorted out here
-                    # (which lets it run every few hundred rows).
-                    size = min(READ_CHUNK, limit - read)
-                    fetching = asyncio.create_task(fetch(chunk[-1].id, size))
-                built: _Built = {}
+                if not chunk:
+                    break
+                fetching = asyncio.create_task(_next_chunk(chunks))
                 if rows_of is None and fields_made.done():
                     rows_of = ImportRows(fields_made.result())
-                    _build(rows_of, waiting, built)
+                    await _build(rows_of, waiting, found, stream)
+                built: _Built = {}
                 unpermitted: dict[int, int] = {}
                 for n, row in enumerate(chunk):
                     if n % 500 == 0:
@@ -257,7 +308,7 @@ async def _read_lagging(
                         last_purchase,
                         synced_lists,
                         platform_id,
-                        segments,
+                        lists,
                     ) = row
                     permitted = consent in _PERMITTED
                     if not permitted and not synced_lists:
@@ -270,11 +321,12 @@ async def _read_lagging(
                         # removal sends nothing about the person and subscribes no one).
                         found.revoked.append(_Work(_contact(row, spent), version, []))
                         continue
-                    desired = lists_of.get(segments)
+                    desired = lists_of.get(lists)
                     if desired is None:
-                        desired = lists_of[segments] = _lists(segments, list_of_segment)
+                        desired = lists_of[lists] = _lists(lists)
                     if synced_lists and not set(synced_lists).issubset(desired):
                         found.removals.append(_Work(_contact(row, spent), version, list(desired)))
+                        found.removing.add(cid)
                     if consent == _CONFIRMED and not platform_id and not synced_lists:
                         # Only the first push of someone the platform never had uses
                         # sign_up_form: on a contact that exists it would re-subscribe
@@ -298,7 +350,11 @@ async def _read_lagging(
                     group[1].append(
                         rows_of.row(email, name, country, purchases, spent, last_purchase)
                     )
-                found.add_rows(built)
+                full = found.add_rows(built)
+                if rows_of is not None:
+                    # Only the last row's list set may have more rows to come.
+                    full += found.batcher.flush(keep=_lists(chunk[-1].lists))
+                found.send(full, stream)
                 if unpermitted:
                     async with transaction(session_factory) as session:
                         await repository.mark_synced_many(session, unpermitted, [], utcnow())
@@ -307,36 +363,51 @@ async def _read_lagging(
             if fetching is not None:
                 fetching.cancel()
                 await asyncio.gather(fetching, return_exceptions=True)
+            await chunks.aclose()
     if waiting:
-        built = {}
-        _build(ImportRows(await fields_made), waiting, built)
-        found.add_rows(built)
-    return found
+        await _build(ImportRows(await fields_made), waiting, found, stream)
+    found.send(found.batcher.flush(), stream)
 
 
-def _build(
-    rows_of: ImportRows,
-    waiting: list[_Waiting],
-    built: _Built,
+async def _next_chunk(chunks: AsyncIterator[Sequence[Any]]) -> Sequence[Any] | None:
+    return await anext(chunks, None)
+
+
+async def _build(
+    rows_of: ImportRows, waiting: list[_Waiting], found: _Found, stream: ImportStream
 ) -> None:
-    """Build the rows of contacts found before the custom fields existed."""
+    """Build the rows of contacts found before the custom fields existed, a list set at a
+    time (they were read grouped by list set), and send each batch as soon as it is
+    complete: all but the last list set's, which more rows read may join."""
+    groups: dict[tuple[str, ...], list[tuple[Any, Mapping[str, Any]]]] = {}
     for desired, row, spent in waiting:
-        keys, import_rows = built.setdefault(desired, ([], []))
-        keys.append(row.id)
-        import_rows.append(
-            rows_of.row(
-                row.email, row.name, row.country, row.purchase_count, spent, row.last_purchase_at
-            )
-        )
+        groups.setdefault(desired, []).append((row, spent))
+    last = waiting[-1][0] if waiting else None
     waiting.clear()
+    for desired, items in groups.items():
+        keys: list[int] = []
+        rows: list[Mapping[str, str]] = []
+        for n, (row, spent) in enumerate(items):
+            if n % 500 == 0:
+                await asyncio.sleep(0)  # lets the batches already handed over be sent
+            keys.append(row.id)
+            rows.append(
+                rows_of.row(
+                    row.email,
+                    row.name,
+                    row.country,
+                    row.purchase_count,
+                    spent,
+                    row.last_purchase_at,
+                )
+            )
+        full = found.add_rows({desired: (keys, rows)})
+        found.send([*full, *found.batcher.flush(keep=last)], stream)
 
 
-def _lists(segments: str | None, list_of_segment: Mapping[int, str]) -> tuple[str, ...]:
-    """The platform lists of these segments (`repository.lagging_chunk`'s text), sorted."""
-    if not segments:
-        return ()
-    ids = (int(s) for s in segments.split(","))
-    return tuple(sorted({list_of_segment[s] for s in ids if s in list_of_segment}))
+def _lists(lists: str | None) -> tuple[str, ...]:
+    """The platform lists as `repository.lagging_rows` reads them, sorted."""
+    return tuple(sorted(lists.split(","))) if lists else ()
 
 
 def _contact(row: Any, total_spent: Mapping[str, Any]) -> _Contact:
