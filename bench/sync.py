@@ -12,8 +12,9 @@ Reported (bench/results/sync.json and .md):
   (target: at most 10 in total: lists, custom fields and bulk imports, nothing per contact);
 - status polls, 429s received (must be 0: the limiter keeps us under the fake's limit);
 - wall time of the sync job, against the fake's own processing time for the imports
-  (rows x seconds per row + its fixed delay): the floor set by the platform (imports are
-  all started before any is awaited, so the platform works on them side by side);
+  (rows x seconds per row + its fixed delay): the floor set by the platform (each import
+  is sent as soon as its batch is built, while the rest are read, and the platform works
+  on them side by side);
 - peak RSS of the process running the sync (the setup is server-side SQL);
 - CPU seconds of the process running the sync and of the fake during the sync job: a
   measure of each side's own work that a busy machine does not inflate as much as wall
