@@ -57,10 +57,13 @@ class BatchState(enum.StrEnum):
 
 
 class SyncBatch(Base):
-    """One bulk activity started on the platform for a set of contacts at known versions.
+    """One bulk activity for a set of contacts at known versions, and its write-ahead record.
 
-    Written in the same transaction that learns the activity id, so a re-run job polls the
-    activity it already started rather than importing the same contacts again.
+    Committed BEFORE the import is sent (`activity_id` still null): if the run dies before
+    the platform's answer is stored, the next run finds the row, notes its lists on its
+    contacts (the platform may have added them) and sends them again. Once the answer comes
+    the activity id is stored, so a re-run polls the activity it already started rather than
+    importing the same contacts again.
     """
 
     __tablename__ = "sync_batches"
