@@ -382,6 +382,21 @@ async def test_withdrawn_permission_takes_the_contact_off_our_lists_and_sends_no
     assert fake_cc.resubscribe_attempts == []
 
 
+async def _set_activity(
+    session_factory: SessionFactory, *, purchase_count: int, failed: bool
+) -> None:
+    """Every contact's payment activity changes; segments follow (the change feed moves)."""
+    async with transaction(session_factory) as session:
+        await session.execute(
+            text(
+                "UPDATE contacts SET purchase_count = :n, has_failed_since_last_purchase = :f,"
+                " version = version + 1"
+            ),
+            {"n": purchase_count, "f": failed},
+        )
+        await segments.recompute_account(session, ACCOUNT)
+
+
 async def test_a_run_that_never_heard_back_from_an_accepted_import_still_removes_stale_lists(
     sync_ctx: dict[str, Any],
     sync_settings: Settings,
@@ -391,14 +406,7 @@ async def test_a_run_that_never_heard_back_from_an_accepted_import_still_removes
     await make_account(session_factory, sync_settings)
     await _sync(sync_ctx)  # lists and custom fields exist
     ids = await add_contacts(session_factory, ACCOUNT, {"late@x.io": "implied"})
-    async with transaction(session_factory) as session:
-        await session.execute(
-            text(
-                "UPDATE contacts SET purchase_count = 1, has_failed_since_last_purchase = true,"
-                " version = version + 1"
-            )
-        )
-        await segments.recompute_account(session, ACCOUNT)
+    await _set_activity(session_factory, purchase_count=1, failed=True)
 
     # The platform imports the contact onto its lists, but every answer is lost: the run
     # dies without learning the activity id (as when Postgres restarts mid-run).
@@ -413,14 +421,7 @@ async def test_a_run_that_never_heard_back_from_an_accepted_import_still_removes
 
     # Meanwhile the person paid: they leave the Failed Payments segment.
     fake_cc.injections.clear()
-    async with transaction(session_factory) as session:
-        await session.execute(
-            text(
-                "UPDATE contacts SET purchase_count = 2, has_failed_since_last_purchase = false,"
-                " version = version + 1"
-            )
-        )
-        await segments.recompute_account(session, ACCOUNT)
+    await _set_activity(session_factory, purchase_count=2, failed=False)
     await _sync(sync_ctx)
 
     async with session_factory() as session:

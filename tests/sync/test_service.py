@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,16 +13,7 @@ from stripesync.db import SessionFactory, transaction
 from stripesync.models import Account, Contact, ContactSegment, Segment, SyncBatch
 from stripesync.sync.service import sync_account
 from tests.fakes.constant_contact import FakeConstantContact
-
-ACCOUNT = "acc_sync"
-
-
-@pytest.fixture
-def fake_cc() -> Iterator[FakeConstantContact]:
-    with FakeConstantContact(
-        requests_per_second=1000, processing_after=0.01, completed_after=0.05
-    ) as fake:
-        yield fake
+from tests.sync.conftest import ACCOUNT
 
 
 @pytest.fixture
