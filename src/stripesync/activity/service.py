@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.activity import consent, linking, repository
 from stripesync.activity.context import ActivityContext
-from stripesync.activity.identity import SUPPRESSED
+from stripesync.activity.identity import NO_EMAIL, SUPPRESSED
 from stripesync.activity.objects import (
     PaymentSnapshot,
     StripeObject,
@@ -39,11 +39,13 @@ from stripesync.models import ConsentState
 
 @dataclass(frozen=True)
 class Applied:
-    """What one apply did: the contacts that changed, and why no contact was made when the
-    object had no usable email (`no_email`, `invalid_email`, `suppressed`: import report)."""
+    """What one apply did: the contacts that changed, the person's normalised address as the
+    object gave it, and why no contact was made when it had none usable (`no_email`,
+    `invalid_email`, `suppressed`; a guest payment without an address: `no_email`)."""
 
     changed_contact_ids: list[int] = field(default_factory=list)
     skipped_reason: str | None = None
+    email: str | None = None
 
 
 @dataclass
@@ -113,7 +115,7 @@ async def apply_customers(
     deleted: bool = False,
 ) -> list[Applied]:
     """customer.created / updated / deleted (and list results); `deleted` for tombstones."""
-    snaps = [customer_snapshot(obj, deleted=deleted) for obj in objs]
+    given = snaps = [customer_snapshot(obj, deleted=deleted) for obj in objs]
     suppressed = await _suppressed(session, ctx, (snap.email for snap in snaps))
     snaps = [
         replace(snap, email=None, email_problem=SUPPRESSED) if snap.email in suppressed else snap
@@ -123,7 +125,10 @@ async def apply_customers(
     changes = linking.Changes()
     await linking.relink_customers(session, ctx, {snap.stripe_id for snap in snaps}, changes)
     changed = await _finish(session, ctx, changes)
-    return [Applied(changed, None if snap.deleted else snap.email_problem) for snap in snaps]
+    return [
+        Applied(changed, None if snap.deleted else snap.email_problem, raw.email)
+        for snap, raw in zip(snaps, given, strict=True)
+    ]
 
 
 async def apply_customer(
@@ -157,7 +162,14 @@ async def _apply_payments(
         session, ctx, changes, charge_ids={snap.charge_id for snap in snaps}
     )
     changed = await _finish(session, ctx, changes)
-    return [Applied() if snap is None else Applied(changed) for snap in found]
+    return [
+        Applied()
+        if snap is None
+        else Applied(
+            changed, NO_EMAIL if snap.customer_id is None and snap.guest_email is None else None
+        )
+        for snap in found
+    ]
 
 
 async def apply_charges(
@@ -214,7 +226,7 @@ async def apply_checkout_sessions(
 ) -> list[Applied]:
     """checkout.session.completed: the buyer (a guest when `customer` is null) and, when
     they ticked the promotions box, their own explicit consent."""
-    snaps = [checkout_snapshot(obj) for obj in objs]
+    given = snaps = [checkout_snapshot(obj) for obj in objs]
     suppressed = await _suppressed(session, ctx, (snap.email for snap in snaps))
     snaps = [
         replace(snap, email=None, email_problem=SUPPRESSED) if snap.email in suppressed else snap
@@ -244,7 +256,10 @@ async def apply_checkout_sessions(
         if confirmed:
             changes.changed.add(contact_id)
     changed = await _finish(session, ctx, changes)
-    return [Applied(changed, snap.email_problem) for snap in snaps]
+    return [
+        Applied(changed, snap.email_problem, raw.email)
+        for snap, raw in zip(snaps, given, strict=True)
+    ]
 
 
 async def apply_checkout_session(

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.activity import service
 from stripesync.activity.context import ActivityContext
-from stripesync.activity.objects import charge_snapshot, checkout_snapshot, customer_snapshot
 from stripesync.imports import repository
 from stripesync.models import ConsentState
 
@@ -50,27 +49,21 @@ async def apply_objects(
             present = [obj for obj in live if obj.get("deleted") is not True]
             await service.apply_customers(session, ctx, gone, deleted=True)
             applied = await service.apply_customers(session, ctx, present)
-            emails = [customer_snapshot(obj).email for obj in present]
         elif resource == "checkout_sessions":
             applied = await service.apply_checkout_sessions(session, ctx, live)
-            emails = [checkout_snapshot(obj).email for obj in live]
         elif resource == "charges":
-            await service.apply_charges(session, ctx, live)
-            for obj in live:
-                snap = charge_snapshot(obj, ctx.observed_at)
-                if snap is not None and snap.customer_id is None and snap.guest_email is None:
-                    counts["skipped.no_email"] += 1  # a guest payment nobody can be reached for
-            applied, emails = [], []
+            applied = await service.apply_charges(session, ctx, live)
         elif resource == "subscriptions":
-            await service.apply_subscriptions(session, ctx, live)
-            applied, emails = [], []
+            applied = await service.apply_subscriptions(session, ctx, live)
         else:  # pragma: no cover - the plan only holds the lists above
             raise ValueError(f"unknown list {resource}")
-        for result, email in zip(applied, emails, strict=True):
-            if result.skipped_reason is not None:
-                counts[f"skipped.{result.skipped_reason}"] += 1
-            elif email is not None:
-                people.append(email)
+    for result in applied:
+        # Per object that made no contact (a guest payment nobody can be reached for, ...)
+        # and, for people (customers, checkout buyers), what became of their contact.
+        if result.skipped_reason is not None:
+            counts[f"skipped.{result.skipped_reason}"] += 1
+        elif result.email is not None:
+            people.append(result.email)
     if people:
         states = await repository.contact_states(session, ctx.account_id, sorted(set(people)))
         for email in people:
