@@ -67,12 +67,10 @@ async def insert_builtins(session: AsyncSession, account_id: str, values: Thresh
         }
         for b in BUILTINS
     ]
-    stmt = (
-        insert(Segment)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=[Segment.account_id, Segment.key])
-        .returning(Segment.id)
-    )
+    # No conflict target: two transactions creating the same account's built-ins at once
+    # (an import's parallel pages) meet on the live-name index as well as on the key; the
+    # one that waited inserts nothing and both go on.
+    stmt = insert(Segment).values(rows).on_conflict_do_nothing().returning(Segment.id)
     return list((await session.scalars(stmt)).all())
 
 
