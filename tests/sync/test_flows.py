@@ -122,7 +122,9 @@ async def test_out_of_quota_defers_to_the_next_utc_day_and_resumes_losing_nothin
     session_factory: SessionFactory,
     fake_cc: FakeConstantContact,
 ) -> None:
-    await make_account(session_factory, sync_settings)
+    # The token outlives the trip to the next UTC day, whatever the time now (a 20-hour one
+    # would expire on the way before 04:00 UTC, and the fake refuses its refresh).
+    await make_account(session_factory, sync_settings, expires_in=timedelta(days=2))
     await _sync(sync_ctx)  # lists and fields exist
     await add_contacts(session_factory, ACCOUNT, {f"p{n}@x.io": "implied" for n in range(5)})
     await add_contacts(session_factory, ACCOUNT, {"c@x.io": "confirmed"})
