@@ -27,7 +27,7 @@ permutation of any multiset of snapshots ends in the same row:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, String, bindparam, text
@@ -65,45 +65,91 @@ def _key(ctx: ActivityContext) -> dict[str, Any]:
     return {"account_id": ctx.account_id, "livemode": ctx.livemode}
 
 
+def _rounds(rows: Sequence[Any], key: Callable[[Any], str]) -> list[list[Any]]:
+    """`rows` in key order, split so that no key repeats within a round: one statement may
+    not update a row twice (ON CONFLICT DO UPDATE), and since every merge is order
+    independent, merging round after round ends where merging one by one does."""
+    rounds: list[list[Any]] = []
+    seen: dict[str, int] = {}
+    for row in sorted(rows, key=key):
+        n = seen[key(row)] = seen.get(key(row), -1) + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(row)
+    return rounds
+
+
+def _unnest(columns: Sequence[tuple[str, str]]) -> str:
+    """`unnest(...) AS u(...)` over array parameters named after the (column, SQL type)
+    pairs: one statement writes a whole batch, each parameter one array."""
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns)
+    return f"unnest({arrays}) AS u({', '.join(name for name, _ in columns)})"
+
+
+def _arrays(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """The array parameters of `_unnest`: one list per column, from rows of values."""
+    return {name: [row[i] for row in rows] for i, (name, _) in enumerate(columns)}
+
+
+async def _upsert(
+    session: AsyncSession,
+    sql: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[Any]],
+    params: dict[str, Any],
+) -> None:
+    """Write `rows` (values in `columns` order, the first being the key) with `sql` (an
+    INSERT selecting from `_unnest(columns)`), in key order: concurrent writers lock rows
+    in the same order. A key seen twice merges twice, one round after the other."""
+    for batch in _rounds(rows, key=lambda row: row[0]):
+        await session.execute(text(sql), {**params, **_arrays(columns, batch)})
+
+
+_CUSTOMER_COLUMNS = (
+    ("stripe_id", "text"),
+    ("email", "text"),
+    ("email_problem", "text"),
+    ("name", "text"),
+    ("country", "text"),
+    ("created", "timestamptz"),
+    ("deleted", "boolean"),
+    ("digest", "text"),
+)
+
+
 async def upsert_customers(
     session: AsyncSession, ctx: ActivityContext, snaps: Sequence[CustomerSnapshot]
 ) -> None:
-    """One statement, executed for every snapshot in one round trip (in stripe_id order, so
-    concurrent writers lock rows in the same order); a repeated id simply merges twice."""
-    if not snaps:
-        return
-    await session.execute(
-        text(
-            """
-            INSERT INTO stripe_customers AS c (account_id, livemode, stripe_id, email,
-                email_problem, name, country, created, deleted, observed_at, digest)
-            VALUES (:account_id, :livemode, :stripe_id, :email, :email_problem, :name,
-                :country, :created, :deleted, :observed_at, :digest)
-            ON CONFLICT (account_id, livemode, stripe_id) DO UPDATE SET
-                email = EXCLUDED.email, email_problem = EXCLUDED.email_problem,
-                name = EXCLUDED.name, country = EXCLUDED.country,
-                created = LEAST(c.created, EXCLUDED.created), deleted = EXCLUDED.deleted,
-                observed_at = EXCLUDED.observed_at, digest = EXCLUDED.digest,
-                updated_at = now()
-            WHERE NOT c.deleted AND (EXCLUDED.deleted
-                OR (EXCLUDED.observed_at, EXCLUDED.digest) > (c.observed_at, c.digest))
-            """
-        ),
+    await _upsert(
+        session,
+        f"""
+        INSERT INTO stripe_customers AS c (account_id, livemode, stripe_id, email,
+            email_problem, name, country, created, deleted, digest, observed_at)
+        SELECT :account_id, :livemode, u.*, :observed_at FROM {_unnest(_CUSTOMER_COLUMNS)}
+        ON CONFLICT (account_id, livemode, stripe_id) DO UPDATE SET
+            email = EXCLUDED.email, email_problem = EXCLUDED.email_problem,
+            name = EXCLUDED.name, country = EXCLUDED.country,
+            created = LEAST(c.created, EXCLUDED.created), deleted = EXCLUDED.deleted,
+            observed_at = EXCLUDED.observed_at, digest = EXCLUDED.digest,
+            updated_at = now()
+        WHERE NOT c.deleted AND (EXCLUDED.deleted
+            OR (EXCLUDED.observed_at, EXCLUDED.digest) > (c.observed_at, c.digest))
+        """,  # noqa: S608 - only constants are interpolated
+        _CUSTOMER_COLUMNS,
         [
-            {
-                **_key(ctx),
-                "stripe_id": snap.stripe_id,
-                "email": snap.email,
-                "email_problem": snap.email_problem,
-                "name": snap.name,
-                "country": snap.country,
-                "created": snap.created,
-                "deleted": snap.deleted,
-                "observed_at": ctx.observed_at,
-                "digest": snap.digest,
-            }
-            for snap in sorted(snaps, key=lambda snap: snap.stripe_id)
+            (
+                s.stripe_id,
+                s.email,
+                s.email_problem,
+                s.name,
+                s.country,
+                s.created,
+                s.deleted,
+                s.digest,
+            )
+            for s in snaps
         ],
+        {**_key(ctx), "observed_at": ctx.observed_at},
     )
 
 
@@ -127,139 +173,150 @@ _NEWER_GUEST_EMAIL = (
 )
 
 
+_PAYMENT_COLUMNS = (
+    ("charge_id", "text"),
+    ("payment_intent_id", "text"),
+    ("invoice_id", "text"),
+    ("customer_id", "text"),
+    ("guest_email", "text"),
+    ("guest_email_at", "timestamptz"),
+    ("billing_name", "text"),
+    ("billing_country", "text"),
+    ("amount", "bigint"),
+    ("amount_refunded", "bigint"),
+    ("currency", "text"),
+    ("status", "text"),
+    ("created", "timestamptz"),
+    ("charge_seen", "boolean"),
+    ("refunded_at", "timestamptz"),
+)
+
+
 async def upsert_payments(
     session: AsyncSession, ctx: ActivityContext, snaps: Sequence[PaymentSnapshot]
 ) -> None:
-    if not snaps:
-        return
-    await session.execute(
-        text(
-            f"""
-            INSERT INTO payments AS p (account_id, livemode, charge_id, payment_intent_id,
-                invoice_id, customer_id, guest_email, guest_email_at, billing_name,
-                billing_country, amount, amount_refunded, currency, status, created,
-                charge_seen, refunded_at)
-            VALUES (:account_id, :livemode, :charge_id, :payment_intent_id, :invoice_id,
-                :customer_id, :guest_email, :guest_email_at, :billing_name, :billing_country,
-                :amount, :amount_refunded, :currency, :status, :created, :charge_seen,
-                :refunded_at)
-            ON CONFLICT (account_id, livemode, charge_id) DO UPDATE SET
-                payment_intent_id = LEAST(p.payment_intent_id, EXCLUDED.payment_intent_id),
-                invoice_id = LEAST(p.invoice_id, EXCLUDED.invoice_id),
-                customer_id = LEAST(p.customer_id, EXCLUDED.customer_id),
-                guest_email = CASE WHEN {_NEWER_GUEST_EMAIL}
-                    THEN EXCLUDED.guest_email ELSE p.guest_email END,
-                guest_email_at = CASE WHEN {_NEWER_GUEST_EMAIL}
-                    THEN EXCLUDED.guest_email_at ELSE p.guest_email_at END,
-                billing_name = LEAST(p.billing_name, EXCLUDED.billing_name),
-                billing_country = LEAST(p.billing_country, EXCLUDED.billing_country),
-                amount = {_charge_wins("amount", "GREATEST")},
-                currency = {_charge_wins("currency", "LEAST")},
-                created = {_charge_wins("created", "LEAST")},
-                amount_refunded = GREATEST(p.amount_refunded, EXCLUDED.amount_refunded),
-                refunded_at = CASE
-                    WHEN EXCLUDED.amount_refunded > p.amount_refunded THEN EXCLUDED.refunded_at
-                    WHEN EXCLUDED.amount_refunded < p.amount_refunded THEN p.refunded_at
-                    ELSE LEAST(p.refunded_at, EXCLUDED.refunded_at) END,
-                status = CASE WHEN {_status_rank("EXCLUDED.status")} > {_status_rank("p.status")}
-                    THEN EXCLUDED.status ELSE p.status END,
-                charge_seen = p.charge_seen OR EXCLUDED.charge_seen,
-                updated_at = now()
-            """  # noqa: S608 - only constants are interpolated
-        ),
+    await _upsert(
+        session,
+        f"""
+        INSERT INTO payments AS p (account_id, livemode, charge_id, payment_intent_id,
+            invoice_id, customer_id, guest_email, guest_email_at, billing_name,
+            billing_country, amount, amount_refunded, currency, status, created,
+            charge_seen, refunded_at)
+        SELECT :account_id, :livemode, u.* FROM {_unnest(_PAYMENT_COLUMNS)}
+        ON CONFLICT (account_id, livemode, charge_id) DO UPDATE SET
+            payment_intent_id = LEAST(p.payment_intent_id, EXCLUDED.payment_intent_id),
+            invoice_id = LEAST(p.invoice_id, EXCLUDED.invoice_id),
+            customer_id = LEAST(p.customer_id, EXCLUDED.customer_id),
+            guest_email = CASE WHEN {_NEWER_GUEST_EMAIL}
+                THEN EXCLUDED.guest_email ELSE p.guest_email END,
+            guest_email_at = CASE WHEN {_NEWER_GUEST_EMAIL}
+                THEN EXCLUDED.guest_email_at ELSE p.guest_email_at END,
+            billing_name = LEAST(p.billing_name, EXCLUDED.billing_name),
+            billing_country = LEAST(p.billing_country, EXCLUDED.billing_country),
+            amount = {_charge_wins("amount", "GREATEST")},
+            currency = {_charge_wins("currency", "LEAST")},
+            created = {_charge_wins("created", "LEAST")},
+            amount_refunded = GREATEST(p.amount_refunded, EXCLUDED.amount_refunded),
+            refunded_at = CASE
+                WHEN EXCLUDED.amount_refunded > p.amount_refunded THEN EXCLUDED.refunded_at
+                WHEN EXCLUDED.amount_refunded < p.amount_refunded THEN p.refunded_at
+                ELSE LEAST(p.refunded_at, EXCLUDED.refunded_at) END,
+            status = CASE WHEN {_status_rank("EXCLUDED.status")} > {_status_rank("p.status")}
+                THEN EXCLUDED.status ELSE p.status END,
+            charge_seen = p.charge_seen OR EXCLUDED.charge_seen,
+            updated_at = now()
+        """,  # noqa: S608 - only constants are interpolated
+        _PAYMENT_COLUMNS,
         [
-            {
-                **_key(ctx),
-                "charge_id": snap.charge_id,
-                "payment_intent_id": snap.payment_intent_id,
-                "invoice_id": snap.invoice_id,
-                "customer_id": snap.customer_id,
-                "guest_email": snap.guest_email,
-                "guest_email_at": ctx.observed_at if snap.guest_email else None,
-                "billing_name": snap.billing_name,
-                "billing_country": snap.billing_country,
-                "amount": snap.amount,
-                "amount_refunded": snap.amount_refunded,
-                "currency": snap.currency,
-                "status": snap.status,
-                "created": snap.created,
-                "charge_seen": snap.charge_seen,
-                "refunded_at": snap.refunded_at,
-            }
-            for snap in sorted(snaps, key=lambda snap: snap.charge_id)
+            (
+                s.charge_id,
+                s.payment_intent_id,
+                s.invoice_id,
+                s.customer_id,
+                s.guest_email,
+                ctx.observed_at if s.guest_email else None,
+                s.billing_name,
+                s.billing_country,
+                s.amount,
+                s.amount_refunded,
+                s.currency,
+                s.status,
+                s.created,
+                s.charge_seen,
+                s.refunded_at,
+            )
+            for s in snaps
         ],
+        _key(ctx),
+    )
+
+
+_SUBSCRIPTION_COLUMNS = (
+    ("stripe_id", "text"),
+    ("customer_id", "text"),
+    ("status", "text"),
+    ("created", "timestamptz"),
+)
+
+
+def _subscription_order(alias: str) -> str:
+    ranks = ",".join(f"'{s}'" for s in SUBSCRIPTION_STATUS_RANK)
+    terminal = ",".join(f"'{s}'" for s in TERMINAL_SUBSCRIPTION)
+    return (
+        f"({alias}.status IN ({terminal}), {alias}.observed_at, "
+        f"coalesce(array_position(ARRAY[{ranks}]::text[], {alias}.status::text), 0))"
     )
 
 
 async def upsert_subscriptions(
     session: AsyncSession, ctx: ActivityContext, snaps: Sequence[SubscriptionSnapshot]
 ) -> None:
-    if not snaps:
-        return
-    ranks = ",".join(f"'{s}'" for s in SUBSCRIPTION_STATUS_RANK)
-    terminal = ",".join(f"'{s}'" for s in TERMINAL_SUBSCRIPTION)
-
-    def order(alias: str) -> str:
-        return (
-            f"({alias}.status IN ({terminal}), {alias}.observed_at, "
-            f"coalesce(array_position(ARRAY[{ranks}]::text[], {alias}.status::text), 0))"
-        )
-
-    await session.execute(
-        text(
-            f"""
-            INSERT INTO subscriptions AS s (account_id, livemode, stripe_id, customer_id,
-                status, created, observed_at)
-            VALUES (:account_id, :livemode, :stripe_id, :customer_id, :status, :created,
-                :observed_at)
-            ON CONFLICT (account_id, livemode, stripe_id) DO UPDATE SET
-                customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
-                created = LEAST(s.created, EXCLUDED.created),
-                observed_at = EXCLUDED.observed_at, updated_at = now()
-            WHERE {order("EXCLUDED")} > {order("s")}
-            """  # noqa: S608 - only constants are interpolated
-        ),
-        [
-            {
-                **_key(ctx),
-                "stripe_id": snap.stripe_id,
-                "customer_id": snap.customer_id,
-                "status": snap.status,
-                "created": snap.created,
-                "observed_at": ctx.observed_at,
-            }
-            for snap in sorted(snaps, key=lambda snap: snap.stripe_id)
-        ],
+    await _upsert(
+        session,
+        f"""
+        INSERT INTO subscriptions AS s (account_id, livemode, stripe_id, customer_id,
+            status, created, observed_at)
+        SELECT :account_id, :livemode, u.*, :observed_at
+        FROM {_unnest(_SUBSCRIPTION_COLUMNS)}
+        ON CONFLICT (account_id, livemode, stripe_id) DO UPDATE SET
+            customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
+            created = LEAST(s.created, EXCLUDED.created),
+            observed_at = EXCLUDED.observed_at, updated_at = now()
+        WHERE {_subscription_order("EXCLUDED")} > {_subscription_order("s")}
+        """,  # noqa: S608 - only constants are interpolated
+        _SUBSCRIPTION_COLUMNS,
+        [(s.stripe_id, s.customer_id, s.status, s.created) for s in snaps],
+        {**_key(ctx), "observed_at": ctx.observed_at},
     )
+
+
+_CHECKOUT_COLUMNS = (
+    ("stripe_id", "text"),
+    ("customer_id", "text"),
+    ("payment_intent_id", "text"),
+    ("email", "text"),
+    ("promotions", "text"),
+    ("created", "timestamptz"),
+)
 
 
 async def upsert_checkouts(
     session: AsyncSession, ctx: ActivityContext, snaps: Sequence[CheckoutSnapshot]
 ) -> None:
-    if not snaps:
-        return
-    await session.execute(
-        text(
-            """
-            INSERT INTO checkout_sessions (account_id, livemode, stripe_id, customer_id,
-                payment_intent_id, email, promotions, created)
-            VALUES (:account_id, :livemode, :stripe_id, :customer_id, :payment_intent_id,
-                :email, :promotions, :created)
-            ON CONFLICT (account_id, livemode, stripe_id) DO NOTHING
-            """
-        ),
+    await _upsert(
+        session,
+        f"""
+        INSERT INTO checkout_sessions (account_id, livemode, stripe_id, customer_id,
+            payment_intent_id, email, promotions, created)
+        SELECT :account_id, :livemode, u.* FROM {_unnest(_CHECKOUT_COLUMNS)}
+        ON CONFLICT (account_id, livemode, stripe_id) DO NOTHING
+        """,  # noqa: S608 - only constants are interpolated
+        _CHECKOUT_COLUMNS,
         [
-            {
-                **_key(ctx),
-                "stripe_id": snap.stripe_id,
-                "customer_id": snap.customer_id,
-                "payment_intent_id": snap.payment_intent_id,
-                "email": snap.email,
-                "promotions": snap.promotions,
-                "created": snap.created,
-            }
-            for snap in sorted(snaps, key=lambda snap: snap.stripe_id)
+            (s.stripe_id, s.customer_id, s.payment_intent_id, s.email, s.promotions, s.created)
+            for s in snaps
         ],
+        _key(ctx),
     )
 
 
@@ -291,17 +348,18 @@ async def _set_contacts(
     table: str,
     links: Sequence[tuple[str, int | None]],
 ) -> None:
-    """(stripe_id, contact_id) pairs of `table` (a constant), written in one round trip."""
+    """(stripe_id, contact_id) pairs of `table` (a constant), written in one statement."""
     if not links:
         return
     await session.execute(
         text(
             f"""
-            UPDATE {table} SET contact_id = :cid
-            WHERE account_id = :account_id AND livemode = :livemode AND stripe_id = :sid
+            UPDATE {table} t SET contact_id = v.cid
+            FROM unnest(CAST(:sids AS text[]), CAST(:cids AS bigint[])) AS v(sid, cid)
+            WHERE t.account_id = :account_id AND t.livemode = :livemode AND t.stripe_id = v.sid
             """  # noqa: S608 - the table name is a constant
         ),
-        [{**_key(ctx), "sid": sid, "cid": cid} for sid, cid in links],
+        {**_key(ctx), "sids": [sid for sid, _ in links], "cids": [cid for _, cid in links]},
     )
 
 
@@ -357,12 +415,16 @@ async def payment_links(
 async def set_payment_contacts(
     session: AsyncSession, links: Sequence[tuple[int, int | None]]
 ) -> None:
-    """(payment id, contact_id) pairs, written in one round trip."""
+    """(payment id, contact_id) pairs, written in one statement."""
     if not links:
         return
     await session.execute(
-        text("UPDATE payments SET contact_id = :cid WHERE id = :id"),
-        [{"id": pid, "cid": cid} for pid, cid in links],
+        text(
+            "UPDATE payments p SET contact_id = v.cid"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:cids AS bigint[])) AS v(id, cid)"
+            " WHERE p.id = v.id"
+        ),
+        {"ids": [pid for pid, _ in links], "cids": [cid for _, cid in links]},
     )
 
 
