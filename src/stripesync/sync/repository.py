@@ -15,7 +15,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    distinct,
     func,
     literal_column,
     select,
@@ -62,37 +61,55 @@ async def lagging_contacts(
     return (await session.scalars(stmt)).all()
 
 
-async def lagging_rows(
-    session: AsyncSession, account_id: str, now: datetime, limit: int, chunk: int
-) -> AsyncGenerator[Sequence[Any], None]:
-    """The lagging contacts (at most `limit`), `chunk` rows at a time, as plain rows of
-    only what a push needs, grouped by their platform lists: ordered by `lists` (the
-    platform list ids of the contact's live segments, sorted and comma-separated, or None),
-    then by id. Once the rows of one list set are read, none of that set follow, so its
-    import batch can be sent while the rest are read. `synced_lists` is None when empty.
-
-    One statement read through a server-side cursor: the database works out every
-    contact's lists once. Whatever Python would decode per row (JSON, arrays, ORM rows) is
-    left to the database or the driver (`total_spent` comes as JSON text, and the
-    statement runs as Core on the session's connection): per-row work in Python cost more
-    than the query (100,000 rows a run)."""
-    lists = (
-        select(
-            func.string_agg(
-                distinct(Segment.platform_list_id),
-                aggregate_order_by(literal_column("','"), Segment.platform_list_id),
-            )
-        )
-        .join(ContactSegment, ContactSegment.segment_id == Segment.id)
-        .where(
-            ContactSegment.contact_id == Contact.id,
+async def segment_lists(session: AsyncSession, account_id: str) -> dict[int, str]:
+    """The platform list id of each live segment of the account that has one."""
+    rows = await session.execute(
+        select(Segment.id, Segment.platform_list_id).where(
+            Segment.account_id == account_id,
             Segment.deleted_at.is_(None),
             Segment.platform_list_id.is_not(None),
             Segment.platform_list_id != "",
         )
+    )
+    return {segment_id: list_id for segment_id, list_id in rows if list_id}
+
+
+async def lagging_rows(
+    session: AsyncSession,
+    account_id: str,
+    now: datetime,
+    limit: int,
+    chunk: int,
+    segment_ids: Collection[int],
+) -> AsyncGenerator[Sequence[Any], None]:
+    """The lagging contacts (at most `limit`), `chunk` rows at a time, as plain rows of
+    only what a push needs, grouped by their platform lists: ordered by `segments` (which
+    of `segment_ids`, the segments with a platform list, the contact is in: their ids
+    sorted and comma-separated, or None), then by id. One platform list per segment, so
+    once the rows of one list set are read, none of that set follow, and its import batch
+    can be sent while the rest are read. `synced_lists` is None when empty.
+
+    One statement read through a server-side cursor. The database only reads each
+    contact's segment ids off the membership index: joining the segments for their list
+    ids per contact took it twice as long (the first row waits for all of it, for the
+    order), so the caller maps ids to lists, once per distinct set. Whatever Python would
+    decode per row (JSON, arrays, ORM rows) is left to the database or the driver
+    (`total_spent` comes as JSON text, and the statement runs as Core on the session's
+    connection): per-row work in Python cost more than the query (100,000 rows a run)."""
+    segments = (
+        select(
+            func.string_agg(
+                cast(ContactSegment.segment_id, Text),
+                aggregate_order_by(literal_column("','"), ContactSegment.segment_id),
+            )
+        )
+        .where(
+            ContactSegment.contact_id == Contact.id,
+            ContactSegment.segment_id == _any_id(segment_ids),
+        )
         .scalar_subquery()
     )
-    lists_column = type_coerce(lists, NullType()).label("lists")
+    segments_column = type_coerce(segments, NullType()).label("segments")
     stmt = (
         select(
             Contact.id,
@@ -108,14 +125,14 @@ async def lagging_rows(
                 func.nullif(Contact.synced_lists, literal_column("'{}'")), NullType()
             ).label("synced_lists"),
             Contact.platform_contact_id,
-            lists_column,
+            segments_column,
         )
         .where(
             Contact.account_id == account_id,
             Contact.synced_version < Contact.version,
             (Contact.sync_deferred_until.is_(None)) | (Contact.sync_deferred_until <= now),
         )
-        .order_by(literal_column("lists").nulls_first(), Contact.id)
+        .order_by(literal_column("segments").nulls_first(), Contact.id)
         .limit(limit)
         .execution_options(yield_per=chunk)
     )

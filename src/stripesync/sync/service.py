@@ -273,9 +273,12 @@ async def _read_lagging(
     now = utcnow()
     rows_of: ImportRows | None = None  # once the custom fields exist
     waiting: list[_Waiting] = []
-    lists_of: dict[str | None, tuple[str, ...]] = {}  # lists as read → sorted
+    lists_of: dict[str | None, tuple[str, ...]] = {}  # segments as read → lists, sorted
     async with transaction(session_factory) as reading:
-        chunks = repository.lagging_rows(reading, account_id, now, limit, READ_CHUNK)
+        # A segment deleted after this is read may still put its list on a contact now;
+        # the next run deletes its platform list whole (see `remove_deleted_segment_lists`).
+        list_of = await repository.segment_lists(reading, account_id)
+        chunks = repository.lagging_rows(reading, account_id, now, limit, READ_CHUNK, list_of)
         # The database reads the next chunk while this one is sorted out here (which lets
         # it run every few hundred rows).
         fetching: asyncio.Task[Sequence[Any] | None] | None = asyncio.create_task(
@@ -308,7 +311,7 @@ async def _read_lagging(
                         last_purchase,
                         synced_lists,
                         platform_id,
-                        lists,
+                        segments,
                     ) = row
                     permitted = consent in _PERMITTED
                     if not permitted and not synced_lists:
@@ -321,9 +324,9 @@ async def _read_lagging(
                         # removal sends nothing about the person and subscribes no one).
                         found.revoked.append(_Work(_contact(row, spent), version, []))
                         continue
-                    desired = lists_of.get(lists)
+                    desired = lists_of.get(segments)
                     if desired is None:
-                        desired = lists_of[lists] = _lists(lists)
+                        desired = lists_of[segments] = _lists(segments, list_of)
                     if synced_lists and not set(synced_lists).issubset(desired):
                         found.removals.append(_Work(_contact(row, spent), version, list(desired)))
                         found.removing.add(cid)
@@ -353,7 +356,7 @@ async def _read_lagging(
                 full = found.add_rows(built)
                 if rows_of is not None:
                     # Only the last row's list set may have more rows to come.
-                    full += found.batcher.flush(keep=_lists(chunk[-1].lists))
+                    full += found.batcher.flush(keep=_lists(chunk[-1].segments, list_of))
                 found.send(full, stream)
                 if unpermitted:
                     async with transaction(session_factory) as session:
@@ -405,9 +408,9 @@ async def _build(
         found.send([*full, *found.batcher.flush(keep=last)], stream)
 
 
-def _lists(lists: str | None) -> tuple[str, ...]:
-    """The platform lists as `repository.lagging_rows` reads them, sorted."""
-    return tuple(sorted(lists.split(","))) if lists else ()
+def _lists(segments: str | None, list_of: Mapping[int, str]) -> tuple[str, ...]:
+    """The platform lists, sorted, of the segments as `repository.lagging_rows` reads them."""
+    return tuple(sorted({list_of[int(s)] for s in segments.split(",")})) if segments else ()
 
 
 def _contact(row: Any, total_spent: Mapping[str, Any]) -> _Contact:
