@@ -10,8 +10,9 @@ run that died.
 - Each import is sent as soon as its batch is built (`ImportStream`), checked for
   permission just before, while the next ones are still read and built: the platform
   works on them side by side and on the first while we build the last.
-- An import is polled when its progress says it should be done, and settled with one
-  statement from its row as soon as its own activity ends, while the others still run.
+- An import is polled when its progress says it should be done (`next_poll_in`), and
+  settled with one statement from its row as soon as its own activity ends, while the
+  others still run.
 """
 
 from __future__ import annotations
@@ -234,12 +235,11 @@ async def _send(
 
 
 async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> Activity:
-    """Poll an import until it finishes: at least `interval` apart, just after the end that
-    its progress so far (`percent_done`) points to (at most `MAX_POLL_INTERVAL_SECONDS`
-    later), or, with no progress to go by, after as long as it has taken so far (a
-    backoff). Polls share the request budget with everything else: each one too many
-    delays the others."""
+    """Poll an import until it finishes, each poll when `next_poll_in` says. Polls share
+    the request budget with everything else: each one too many delays the others, and
+    each one too early delays the end."""
     loop = asyncio.get_running_loop()
+    previous: tuple[float, int] | None = None
     while True:
         activity = await client.get_activity(sent.activity_id)
         if activity.finished:
@@ -248,10 +248,32 @@ async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> 
         if elapsed > GIVE_UP_POLLING_SECONDS:
             raise TimeoutError(f"activity {sent.activity_id} still {activity.state}")
         percent = activity.percent_done or 0
-        # Just after (the platform's clock started before its answer reached us), or else
-        # after as long again.
-        wait = elapsed * (100 - percent) / percent + interval / 4 if 0 < percent < 100 else elapsed
-        await asyncio.sleep(min(max(wait, interval), MAX_POLL_INTERVAL_SECONDS))
+        await asyncio.sleep(next_poll_in(elapsed, percent, previous, interval))
+        previous = (elapsed, percent)
+
+
+def next_poll_in(
+    elapsed: float, percent: int, previous: tuple[float, int] | None, interval: float
+) -> float:
+    """Seconds until the next poll of an unfinished import, `elapsed` seconds after its
+    acceptance reached us and `percent` done; `previous` is (elapsed, percent) at the poll
+    before, if any.
+
+    Just after the end that its progress points to, at its pace between the last two
+    polls: the platform's clock started before its answer reached us (by the upload), so
+    a pace from the acceptance alone (the first poll's) overestimates it, and a poll at the
+    end that it points to comes early, costing one more poll and as long again as
+    `interval`. With no progress to go by, after as long as it has taken so far (a
+    backoff). At least `interval` apart, at most `MAX_POLL_INTERVAL_SECONDS`."""
+    if 0 < percent < 100:
+        if previous is not None and percent > previous[1] and elapsed > previous[0]:
+            pace = (percent - previous[1]) / (elapsed - previous[0])
+        else:
+            pace = percent / max(elapsed, 1e-3)
+        wait = (100 - percent) / pace + interval / 4
+    else:
+        wait = elapsed
+    return min(max(wait, interval), MAX_POLL_INTERVAL_SECONDS)
 
 
 _ROW = re.compile(r"\brow\s+(\d+)", re.IGNORECASE)
