@@ -55,7 +55,7 @@ from stripesync.cli import migrate
 from stripesync.config import Settings, to_asyncpg_url
 from stripesync.db import create_engine, create_session_factory, transaction
 from stripesync.imports import repository
-from stripesync.imports.runner import Deps, ImportRun, new_lease_token
+from stripesync.imports.runner import Deps, ImportRun, Page, new_lease_token
 from stripesync.imports.service import ensure_import_job
 from stripesync.kit.queue import create_redis
 from stripesync.models import Account, StripeConnection
@@ -70,10 +70,8 @@ LATENCY = 0.05
 class CheckpointOnlyRun(ImportRun):
     """The import with its page transactions reduced to the checkpoints and the lease."""
 
-    async def _apply_objects(
-        self, session: Any, ctx: Any, resource: str, objects: list[dict[str, Any]]
-    ) -> Counter[str]:
-        return Counter({f"imported.{resource}": len(objects)})
+    async def _apply_objects(self, session: Any, pages: list[Page]) -> list[Counter[str]]:
+        return [Counter({f"imported.{page.window.resource}": len(page.objects)}) for page in pages]
 
 
 class RssSampler:

@@ -6,16 +6,25 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from stripesync.activity import repository as activity_repository
+from stripesync.activity.context import ActivityContext
+from stripesync.db import transaction
 from stripesync.imports.tasks import import_history, sweep_imports
+from stripesync.kit.clock import utcnow
 from stripesync.models import (
     CheckoutSession,
     Contact,
+    ContactSegment,
+    ImportTouched,
     OptinEmail,
     Payment,
+    StripeConnection,
     StripeCustomer,
     Subscription,
 )
+from stripesync.segments.membership import recompute_segments
 from tests.fakes.stripe import FakeStripe, History, customer_email
 
 from .conftest import ACCOUNT, OWNER, Env, now_history
@@ -103,3 +112,31 @@ async def test_optin_import_reads_recent_customers_and_recent_payers_once(
     optin_rows = await env.count(OptinEmail)
     assert optin_rows > 0
     assert job.report["optin_emails"] == optin_rows
+
+
+async def test_every_contact_an_import_touched_is_finished_once_the_lists_are_read(
+    env: Env, job_ctx: dict[str, Any], history: History
+) -> None:
+    """The pages leave their contacts' finish owed; after the run nothing is owed, and every
+    contact's activity and segments are what a full recompute from the stored rows gives."""
+    connection_id, job_id = await env.connect(mode="direct")
+
+    assert await import_history(job_ctx, ACCOUNT) == {job_id: "succeeded"}
+
+    assert await env.count(ImportTouched) == 0
+    async with transaction(env.factory) as session:
+        connection = await session.get(StripeConnection, connection_id)
+        assert connection is not None
+        ctx = ActivityContext.for_connection(connection, utcnow())
+        ids = set((await session.scalars(select(Contact.id))).all())
+        assert len(ids) > 0
+        # Recomputing the activity changes no one: every touched contact was refreshed.
+        assert await activity_repository.refresh_activity(session, ctx, ids) == set()
+        with_purchases = await session.scalar(
+            select(func.count()).select_from(Contact).where(Contact.purchase_count > 0)
+        )
+        assert with_purchases
+        # Recomputing every segment from scratch finds nothing to change either.
+        again = await recompute_segments(session, ACCOUNT, now=utcnow(), automation=False)
+        assert again.contacts_changed == again.entered == again.exited == 0
+        assert await session.scalar(select(func.count()).select_from(ContactSegment)) > 0

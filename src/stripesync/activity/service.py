@@ -5,11 +5,13 @@ the account context, so webhooks and the historical import share one path. Each 
 idempotent and order-independent (rules: repository.py), and ends by notifying the contact
 hooks (`contacts_changed`) in the caller's transaction.
 
-A page of objects (the historical import) runs inside `deferred_finish`: each apply still
-writes its rows and re-derives its links, but the last step (drop sourceless contacts,
-recompute activity, notify the hooks: `linking.finish`) runs ONCE for the union of the
-contacts the page touched, instead of once per object. Same rules, same code; only fewer
-times. Webhooks apply one object per event and keep finishing immediately.
+A page of objects runs inside `deferred_finish`: each apply still writes its rows and
+re-derives its links, but the last step (drop sourceless contacts, recompute activity,
+notify the hooks: `linking.finish`) runs ONCE for the union of the contacts the page
+touched, instead of once per object. The historical import goes further
+(`collected_changes`): it records the touched contacts with each page and finishes them in
+bulk once its lists are read, each contact once however many pages touched it. Same rules,
+same code; only fewer times. Webhooks apply one object per event and finish immediately.
 """
 
 from __future__ import annotations
@@ -67,12 +69,13 @@ def _key(ctx: ActivityContext) -> tuple[str, bool]:
 
 
 @asynccontextmanager
-async def deferred_finish(session: AsyncSession, ctx: ActivityContext) -> AsyncIterator[PageFinish]:
-    """Apply many objects of one account with one `linking.finish` (one activity refresh,
-    one `contacts_changed` call) at the end. Inside, the apply functions answer
-    `Applied.changed_contact_ids == []`: the page's changed contacts are on the yielded
-    object after exit. Nothing is finished when the block raises (the transaction is
-    rolled back by its owner anyway)."""
+async def collected_changes(
+    session: AsyncSession, ctx: ActivityContext
+) -> AsyncIterator[PageFinish]:
+    """Apply many objects of one account and finish none of them: the contacts they touched
+    gather on the yielded object (`changes`) for the caller's `linking.finish`, in this
+    transaction or, for an import that finishes its contacts in bulk, a later one. Inside,
+    the apply functions answer `Applied.changed_contact_ids == []`."""
     if _PAGE.get() is not None:
         raise RuntimeError("deferred_finish blocks do not nest")
     page = PageFinish(session, ctx)
@@ -81,6 +84,16 @@ async def deferred_finish(session: AsyncSession, ctx: ActivityContext) -> AsyncI
         yield page
     finally:
         _PAGE.reset(token)
+
+
+@asynccontextmanager
+async def deferred_finish(session: AsyncSession, ctx: ActivityContext) -> AsyncIterator[PageFinish]:
+    """Apply many objects of one account with one `linking.finish` (one activity refresh,
+    one `contacts_changed` call) at the end: the page's changed contacts are on the yielded
+    object after exit. Nothing is finished when the block raises (the transaction is
+    rolled back by its owner anyway)."""
+    async with collected_changes(session, ctx) as page:
+        yield page
     page.changed_contact_ids = await linking.finish(session, ctx, page.changes)
 
 

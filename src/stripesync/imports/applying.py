@@ -2,21 +2,24 @@
 
 Nothing here decides anything about customers, payments or consent: each object goes to
 `activity.service.apply_*` (idempotent, order-independent, hooks included: segments,
-the one opt-in email, sync), inside one `service.deferred_finish` per page: the touched
-contacts are recomputed and the hooks told once per page, not once per object. This module
-only counts what happened, for the job report.
+the one opt-in email, sync). The pages applied in one transaction (those read meanwhile)
+share one `service.collected_changes`, each page with its own fetch time: the contacts they
+touched are recorded with them (`import_touched`), and finished once the lists are read
+(`finish_touched`: recomputed, hooks told), each contact once however many pages touched
+it. This module only counts what happened, for the job report.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stripesync.activity import service
+from stripesync.activity import linking, service
 from stripesync.activity.context import ActivityContext
 from stripesync.imports import repository
 from stripesync.models import ConsentState
@@ -27,36 +30,76 @@ from stripesync.models import ConsentState
 CLOSED_CONSENT = {ConsentState.DECLINED: "declined", ConsentState.UNSUBSCRIBED: "unsubscribed"}
 
 
-async def apply_objects(
+@dataclass(frozen=True)
+class PageOfObjects:
+    """Objects of one Stripe list as one read returned them, stamped with its fetch time."""
+
+    ctx: ActivityContext  # observed_at: when the page was fetched
+    resource: str
+    objects: Sequence[dict[str, Any]]
+
+
+async def apply_pages(
     session: AsyncSession,
-    ctx: ActivityContext,
-    resource: str,
-    objects: Sequence[dict[str, Any]],
+    job_id: str,
+    pages: Sequence[PageOfObjects],
     *,
     job_started_at: datetime,
-) -> Counter[str]:
-    """Apply one page of `resource` objects (one batch per kind); answers the outcome counts."""
-    counts: Counter[str] = Counter()
-    people: list[str] = []
-    live = [obj for obj in objects if bool(obj.get("livemode", ctx.livemode)) == ctx.livemode]
-    if len(live) < len(objects):
-        counts["skipped.test_mode"] += len(objects) - len(live)  # never touches live data
+) -> list[Counter[str]]:
+    """Apply pages of one account (each a batch of its kind, with its own fetch time);
+    the contacts they touched are owed a finish (`finish_touched`). Answers each page's
+    outcome counts."""
+    counts = [Counter[str]() for _ in pages]
+    people: list[list[str]] = [[] for _ in pages]
+    async with service.collected_changes(session, pages[0].ctx) as collected:
+        for page, page_counts, page_people in zip(pages, counts, people, strict=True):
+            await _apply_page(session, page, page_counts, page_people)
+    changes = collected.changes
+    await repository.note_touched(session, job_id, changes.touched, changes.changed)
+    everyone = sorted({email for page_people in people for email in page_people})
+    if everyone:
+        states = await repository.contact_states(session, pages[0].ctx.account_id, everyone)
+        for page_counts, page_people in zip(counts, people, strict=True):
+            for email in page_people:
+                page_counts[_person_outcome(states.get(email), job_started_at)] += 1
+    return counts
+
+
+async def finish_touched(
+    session: AsyncSession, ctx: ActivityContext, job_id: str, limit: int
+) -> int:
+    """Finish up to `limit` of the contacts the job's pages touched (`linking.finish`: drop
+    those left without a source, recompute the others' activity, tell the hooks), each once
+    however many pages touched it; answers how many were finished (0: none left)."""
+    touched, changed = await repository.take_touched(session, job_id, limit)
+    if touched:
+        await linking.finish(session, ctx, linking.Changes(touched=touched, changed=changed))
+    return len(touched)
+
+
+async def _apply_page(
+    session: AsyncSession, page: PageOfObjects, counts: Counter[str], people: list[str]
+) -> None:
+    """Apply one page; count its skips in `counts` and note its people's addresses."""
+    ctx, resource = page.ctx, page.resource
+    live = [obj for obj in page.objects if bool(obj.get("livemode", ctx.livemode)) == ctx.livemode]
+    if len(live) < len(page.objects):
+        counts["skipped.test_mode"] += len(page.objects) - len(live)  # never touches live data
     if live:
         counts[f"imported.{resource}"] += len(live)
-    async with service.deferred_finish(session, ctx):
-        if resource == "customers":
-            gone = [obj for obj in live if obj.get("deleted") is True]
-            present = [obj for obj in live if obj.get("deleted") is not True]
-            await service.apply_customers(session, ctx, gone, deleted=True)
-            applied = await service.apply_customers(session, ctx, present)
-        elif resource == "checkout_sessions":
-            applied = await service.apply_checkout_sessions(session, ctx, live)
-        elif resource == "charges":
-            applied = await service.apply_charges(session, ctx, live)
-        elif resource == "subscriptions":
-            applied = await service.apply_subscriptions(session, ctx, live)
-        else:  # pragma: no cover - the plan only holds the lists above
-            raise ValueError(f"unknown list {resource}")
+    if resource == "customers":
+        gone = [obj for obj in live if obj.get("deleted") is True]
+        present = [obj for obj in live if obj.get("deleted") is not True]
+        await service.apply_customers(session, ctx, gone, deleted=True)
+        applied = await service.apply_customers(session, ctx, present)
+    elif resource == "checkout_sessions":
+        applied = await service.apply_checkout_sessions(session, ctx, live)
+    elif resource == "charges":
+        applied = await service.apply_charges(session, ctx, live)
+    elif resource == "subscriptions":
+        applied = await service.apply_subscriptions(session, ctx, live)
+    else:  # pragma: no cover - the plan only holds the lists above
+        raise ValueError(f"unknown list {resource}")
     for result in applied:
         # Per object that made no contact (a guest payment nobody can be reached for, ...)
         # and, for people (customers, checkout buyers), what became of their contact.
@@ -64,16 +107,11 @@ async def apply_objects(
             counts[f"skipped.{result.skipped_reason}"] += 1
         elif result.email is not None:
             people.append(result.email)
-    if people:
-        states = await repository.contact_states(session, ctx.account_id, sorted(set(people)))
-        for email in people:
-            state = states.get(email)
-            if state is None:
-                counts["skipped.no_contact"] += 1
-            elif state[0] in CLOSED_CONSENT:
-                counts[f"skipped.{CLOSED_CONSENT[ConsentState(state[0])]}"] += 1
-            elif state[1] < job_started_at:
-                counts["contacts.already_contact"] += 1
-            else:
-                counts["contacts.new"] += 1
-    return counts
+
+
+def _person_outcome(state: tuple[str, datetime] | None, job_started_at: datetime) -> str:
+    if state is None:
+        return "skipped.no_contact"
+    if state[0] in CLOSED_CONSENT:
+        return f"skipped.{CLOSED_CONSENT[ConsentState(state[0])]}"
+    return "contacts.already_contact" if state[1] < job_started_at else "contacts.new"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -249,9 +249,11 @@ async def checkpoint(
     cursor: str | None,
     oldest_created: int | None,
     objects: int,
+    pages: int,
     done: bool,
     counts: dict[str, int],
 ) -> None:
+    """Advance a window by `objects` in `pages` to its new position."""
     await session.execute(
         update(ImportWindow)
         .where(ImportWindow.id == window_id)
@@ -259,11 +261,61 @@ async def checkpoint(
             cursor=cursor,
             oldest_created=oldest_created,
             objects=ImportWindow.objects + objects,
-            pages=ImportWindow.pages + 1,
+            pages=ImportWindow.pages + pages,
             done=done,
             counts=counts,
         )
     )
+
+
+# --- contacts touched, finished in bulk ---------------------------------------------------------
+
+
+async def note_touched(
+    session: AsyncSession, job_id: str, touched: Collection[int], changed: Collection[int]
+) -> None:
+    """Owe a finish to these contacts (`changed`: created or consent moved), in id order."""
+    ids = sorted(set(touched) | set(changed))
+    if not ids:
+        return
+    await session.execute(
+        text(
+            """
+            INSERT INTO import_touched AS t (job_id, contact_id, changed)
+            SELECT :job_id, u.id, u.id = ANY(CAST(:changed AS bigint[]))
+            FROM unnest(CAST(:ids AS bigint[])) AS u(id)
+            ON CONFLICT (job_id, contact_id) DO UPDATE SET changed = t.changed OR EXCLUDED.changed
+            WHERE EXCLUDED.changed AND NOT t.changed
+            """
+        ),
+        {"job_id": job_id, "ids": ids, "changed": sorted(set(changed))},
+    )
+
+
+async def take_touched(session: AsyncSession, job_id: str, limit: int) -> tuple[set[int], set[int]]:
+    """Up to `limit` contacts still owed a finish (lowest ids first), removed from the debt
+    in the caller's transaction: (touched, changed)."""
+    rows = (
+        await session.execute(
+            text(
+                """
+                DELETE FROM import_touched WHERE job_id = :job_id AND contact_id IN (
+                    SELECT contact_id FROM import_touched WHERE job_id = :job_id
+                    ORDER BY contact_id LIMIT :limit)
+                RETURNING contact_id, changed
+                """
+            ),
+            {"job_id": job_id, "limit": limit},
+        )
+    ).all()
+    return {int(r.contact_id) for r in rows}, {int(r.contact_id) for r in rows if r.changed}
+
+
+async def touched_left(session: AsyncSession, job_id: str) -> int:
+    count = await session.scalar(
+        text("SELECT count(*) FROM import_touched WHERE job_id = :job_id"), {"job_id": job_id}
+    )
+    return int(count or 0)
 
 
 # --- report helpers ---------------------------------------------------------------------------

@@ -1,20 +1,28 @@
-"""Running one import job: readers fetch windows in parallel, a few appliers store pages.
+"""Running one import job: readers fetch windows in parallel, a few appliers store pages,
+then the contacts the pages touched are finished in bulk.
 
     readers (import_concurrency) ──pages──▶ a queue per applier ──▶ appliers ──▶ Postgres
-        each: claim a window, read it page by page          one transaction per page:
-        (budget + backoff), split the widest one when       the page's effects, its window's
-        nothing is left to claim                            checkpoint, the job's lease
+        each: claim a window, read it page by page      one transaction for the pages waiting
+        (budget + backoff), split the widest one when   (≤ APPLY_BATCH_OBJECTS): their rows
+        nothing is left to claim                        and links, the contacts they touched
+                                                        (owed a finish), their windows'
+                                                        checkpoints, the job's lease
+    then: the contacts owed a finish, FINISH_BATCH per transaction: recomputed once each,
+    hooks told (segments, opt-in, sync)
 
 Memory stays flat: at most `2 * import_concurrency` pages are in flight. A window's pages
 always go to the same applier (by window id), so each window's checkpoint advances in order.
-Appliers of one account touch overlapping contacts and lock the account's segments at the
-end of each page, so two pages can deadlock now and then: Postgres aborts one, and that page
-is simply applied again (its transaction rolled back whole, checkpoint included).
+Appliers of one account may insert the same new contact: Postgres may abort one with a
+deadlock now and then, and those pages are simply applied again (rolled back whole,
+checkpoints included). Finishing each contact once at the end, not with every page that
+touched it, is what keeps the page transactions short and free of the contacts' locks:
+a contact's activity, segments and sync wait until the lists are read.
 
-Resuming: the checkpoint advances only with the page it describes, so after a crash the
+Resuming: the checkpoint advances only with the pages it describes, so after a crash the
 readers start again from each window's last applied object, and nothing is applied twice
-(the apply functions are idempotent anyway). The lease, checked in every page's
-transaction, fences off a worker that was presumed dead.
+(the apply functions are idempotent anyway); the contacts owed a finish are committed with
+their pages and leave the debt with their finish. The lease, checked in every transaction,
+fences off a worker that was presumed dead.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ import contextlib
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -38,7 +47,7 @@ from stripesync.clients.stripe import StripeClient, StripeError
 from stripesync.config import Settings
 from stripesync.db import SessionFactory, transaction
 from stripesync.imports import repository
-from stripesync.imports.applying import apply_objects
+from stripesync.imports.applying import PageOfObjects, apply_pages, finish_touched
 from stripesync.imports.reading import BUDGET_MARGIN_SECONDS, StripeReader, stripe_budget
 from stripesync.imports.windows import (
     OPTIN_CUSTOMER_DAYS,
@@ -60,9 +69,14 @@ from stripesync.models import (
 )
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 PAYER_BATCH = 100
-# Pages already waiting join the open transaction while it is younger than this.
+# An applier takes the pages waiting in its queue into one transaction, up to this many
+# objects in all (the window's checkpoints and the lease are written once for them all).
+APPLY_BATCH_OBJECTS = 1_000
+# Contacts the pages touched are finished (recomputed, hooks told) this many per transaction.
+FINISH_BATCH = 2_000
 # A page's transaction aborted by a deadlock (40P01) or a serialization failure (40001) is
 # applied again, up to this many times in all.
 PAGE_ATTEMPTS = 5
@@ -185,6 +199,7 @@ class ImportRun:
                 await self._read_and_apply()
             if self.connection.mode == ConnectionMode.OPTIN:
                 await self._recent_payers()
+            await self._finish_contacts()
             await self._finish()
         finally:
             heartbeat.cancel()
@@ -315,21 +330,33 @@ class ImportRun:
                 )
 
     async def _applier(self, queue: asyncio.Queue[Page | None]) -> None:
-        while (page := await queue.get()) is not None:
-            for attempt in range(1, PAGE_ATTEMPTS + 1):
-                try:
-                    await self._apply_page(page)
+        last = False
+        while not last and (page := await queue.get()) is not None:
+            # The pages read meanwhile join this one: one transaction, one finish of their
+            # contacts, a fixed number of statements for them all.
+            pages = [page]
+            while sum(len(p.objects) for p in pages) < APPLY_BATCH_OBJECTS and not queue.empty():
+                more = queue.get_nowait()
+                if more is None:
+                    last = True
                     break
-                except DBAPIError as error:
-                    if not _retryable(error) or attempt == PAGE_ATTEMPTS:
-                        raise
-                    self.page_retries += 1
-                    detail = getattr(error.orig, "detail", None)  # which processes, which locks
-                    log.info(
-                        "import_page_retried", job_id=self.job.id, attempt=attempt, detail=detail
-                    )
+                pages.append(more)
+            await self._retrying(self._apply_pages, pages)
             await self._analyze_if_grown()
             self._pause_if_late()
+
+    async def _retrying(self, step: Callable[[_T], Awaitable[Any]], arg: _T) -> Any:
+        """Run a transaction step, again when Postgres aborted it for a deadlock or a
+        serialization failure (rolled back whole), up to `PAGE_ATTEMPTS` times in all."""
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
+            try:
+                return await step(arg)
+            except DBAPIError as error:
+                if not _retryable(error) or attempt == PAGE_ATTEMPTS:
+                    raise
+                self.page_retries += 1
+                detail = getattr(error.orig, "detail", None)  # which processes, which locks
+                log.info("import_page_retried", job_id=self.job.id, attempt=attempt, detail=detail)
 
     async def _analyze_if_grown(self) -> None:
         applied = sum(w.objects for w in self.windows)
@@ -339,44 +366,63 @@ class ImportRun:
         async with transaction(self.deps.session_factory) as session:
             await repository.analyze_growing_tables(session)
 
-    async def _apply_objects(
-        self, session: Any, ctx: ActivityContext, resource: str, objects: list[dict[str, Any]]
-    ) -> Counter[str]:
-        return await apply_objects(session, ctx, resource, objects, job_started_at=self.started_at)
+    async def _apply_objects(self, session: Any, pages: list[Page]) -> list[Counter[str]]:
+        return await apply_pages(
+            session,
+            self.job.id,
+            [
+                PageOfObjects(
+                    ActivityContext.for_connection(self.connection, page.fetched_at),
+                    page.window.resource,
+                    page.objects,
+                )
+                for page in pages
+            ],
+            job_started_at=self.started_at,
+        )
 
-    async def _apply_page(self, page: Page) -> None:
-        """Apply one page with its window's checkpoint and the job's lease, in ONE
-        transaction. One page, not several: the page's segment counters stay locked until
-        its commit, and parallel appliers would queue behind a transaction holding them
-        across pages."""
-        window = page.window
+    async def _apply_pages(self, pages: list[Page]) -> None:
+        """Apply these pages with their windows' checkpoints and the job's lease, in ONE
+        transaction (a window's pages in order)."""
         async with transaction(self.deps.session_factory) as session:
             await self._check(session)
-            ctx = ActivityContext.for_connection(self.connection, page.fetched_at)
-            counts = Counter(window.counts)
-            counts.update(await self._apply_objects(session, ctx, window.resource, page.objects))
-            await repository.checkpoint(
-                session,
-                window.id,
-                cursor=page.cursor,
-                oldest_created=page.oldest,
-                objects=len(page.objects),
-                done=page.done,
-                counts=dict(counts),
-            )
-            # The in-memory checkpoint follows the commit: tentatively for the progress
+            by_window: dict[int, tuple[Window, Counter[str], list[Page]]] = {}
+            for page, counts in zip(pages, await self._apply_objects(session, pages), strict=True):
+                window = page.window
+                _, window_counts, window_pages = by_window.setdefault(
+                    id(window), (window, Counter(window.counts), [])
+                )
+                window_counts.update(counts)
+                window_pages.append(page)
+            for window, counts, window_pages in by_window.values():
+                last = window_pages[-1]
+                await repository.checkpoint(
+                    session,
+                    window.id,
+                    cursor=last.cursor,
+                    oldest_created=last.oldest,
+                    objects=sum(len(p.objects) for p in window_pages),
+                    pages=len(window_pages),
+                    done=last.done,
+                    counts=dict(counts),
+                )
+            # The in-memory checkpoints follow the commit: tentatively for the progress
             # written with it, undone if the lease turns out lost.
-            before = _position(window)
-            window.cursor, window.oldest_created = page.cursor, page.oldest
-            window.objects += len(page.objects)
-            window.pages += 1
+            before = [(w, _position(w)) for w, _, _ in by_window.values()]
+            for window, _, window_pages in by_window.values():
+                last = window_pages[-1]
+                window.cursor, window.oldest_created = last.cursor, last.oldest
+                window.objects += sum(len(p.objects) for p in window_pages)
+                window.pages += len(window_pages)
             try:
                 await self._fenced(session, progress=self.progress(), report=self.running_report())
             except BaseException:
-                _restore(window, before)
+                for window, position in before:
+                    _restore(window, position)
                 raise
-            window.done = page.done
-            window.counts = dict(counts)
+            for window, counts, window_pages in by_window.values():
+                window.done = window_pages[-1].done
+                window.counts = dict(counts)
 
     # --- opt-in mode: customers created earlier who paid in the last 6 months ---------------
 
@@ -405,8 +451,11 @@ class ImportRun:
                         missing.append(customer_id)
                     else:
                         objects.append(obj)
-                counts = await apply_objects(
-                    session, ctx, "customers", objects, job_started_at=self.started_at
+                (counts,) = await apply_pages(
+                    session,
+                    self.job.id,
+                    [PageOfObjects(ctx, "customers", objects)],
+                    job_started_at=self.started_at,
                 )
                 self.extra.update(counts)
                 self.extra["recent_payers"] += len(objects)
@@ -414,6 +463,26 @@ class ImportRun:
                     session, progress=self.progress("recent_payers"), report=self.running_report()
                 )
             self._pause_if_late()
+
+    # --- the contacts the pages touched, finished in bulk -----------------------------------
+
+    async def _finish_contacts(self) -> None:
+        """Recompute every contact the pages touched and tell the hooks (segments, opt-in,
+        sync), `FINISH_BATCH` contacts per transaction: each commit shrinks the debt, so
+        a crash resumes where it stopped."""
+        while await self._retrying(self._finish_some_contacts, FINISH_BATCH):
+            self._pause_if_late()
+
+    async def _finish_some_contacts(self, limit: int) -> int:
+        async with transaction(self.deps.session_factory) as session:
+            await self._check(session)
+            ctx = ActivityContext.for_connection(self.connection, utcnow())
+            finished = await finish_touched(session, ctx, self.job.id, limit)
+            if finished:
+                await self._fenced(
+                    session, progress=self.progress("contacts"), report=self.running_report()
+                )
+            return finished
 
     async def _customer_or_none(self, customer_id: str) -> dict[str, Any] | None:
         try:

@@ -22,6 +22,7 @@ from stripesync.models.event import PENDING_STATES, EventState, StripeEvent
 from stripesync.models.job import (
     ACTIVE_JOB_STATES,
     IMPORT_KINDS,
+    ImportTouched,
     ImportWindow,
     Job,
     JobKind,
@@ -74,6 +75,7 @@ __all__ = [
     "ContactSegment",
     "CustomFieldKey",
     "EventState",
+    "ImportTouched",
     "ImportWindow",
     "Job",
     "JobKind",

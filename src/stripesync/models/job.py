@@ -114,3 +114,16 @@ class ImportWindow(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
     __table_args__ = (Index("ix_import_windows_job_id", "job_id"),)
+
+
+class ImportTouched(Base):
+    """A contact an import's pages touched (linked a row to, created, or moved the consent
+    of) whose finish is still owed: written with the page, finished in bulk once the lists
+    are read (`imports.runner`). `changed`: created or consent moved, so the contact hooks
+    hear of it even when its activity turns out the same."""
+
+    __tablename__ = "import_touched"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    changed: Mapped[bool] = mapped_column(server_default=text("false"))
