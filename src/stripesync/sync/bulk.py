@@ -45,7 +45,9 @@ GIVE_UP_POLLING_SECONDS = 3600.0
 class _Sent:
     batch_id: int
     activity_id: str
-    accepted_at: float  # the event loop's clock when the platform's answer came
+    # The event loop's clock just before the import was sent: the platform's own clock
+    # for it started later (once the body was up), never earlier.
+    sent_at: float
     keys: list[int]
     rows: list[Mapping[str, str]]
 
@@ -226,12 +228,12 @@ async def _send(
     batch: ImportBatch[int],
     pending: set[int],
 ) -> _Sent:
+    sent_at = asyncio.get_running_loop().time()
     activity = await client.contacts_json_import(batch.rows, batch.list_ids)
     async with transaction(session_factory) as session:
         await repository.set_batch_activity(session, batch_id, activity.activity_id)
     pending.difference_update(batch.keys)
-    accepted_at = asyncio.get_running_loop().time()
-    return _Sent(batch_id, activity.activity_id, accepted_at, batch.keys, batch.rows)
+    return _Sent(batch_id, activity.activity_id, sent_at, batch.keys, batch.rows)
 
 
 async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> Activity:
@@ -244,7 +246,7 @@ async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> 
         activity = await client.get_activity(sent.activity_id)
         if activity.finished:
             return activity
-        elapsed = loop.time() - sent.accepted_at
+        elapsed = loop.time() - sent.sent_at
         if elapsed > GIVE_UP_POLLING_SECONDS:
             raise TimeoutError(f"activity {sent.activity_id} still {activity.state}")
         percent = activity.percent_done or 0
@@ -255,16 +257,17 @@ async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> 
 def next_poll_in(
     elapsed: float, percent: int, previous: tuple[float, int] | None, interval: float
 ) -> float:
-    """Seconds until the next poll of an unfinished import, `elapsed` seconds after its
-    acceptance reached us and `percent` done; `previous` is (elapsed, percent) at the poll
-    before, if any.
+    """Seconds until the next poll of an unfinished import, `elapsed` seconds after we
+    sent it and `percent` done; `previous` is (elapsed, percent) at the poll before, if any.
 
-    Just after the end that its progress points to, at its pace between the last two
-    polls: the platform's clock started before its answer reached us (by the upload), so
-    a pace from the acceptance alone (the first poll's) overestimates it, and a poll at the
-    end that it points to comes early, costing one more poll and as long again as
-    `interval`. With no progress to go by, after as long as it has taken so far (a
-    backoff). At least `interval` apart, at most `MAX_POLL_INTERVAL_SECONDS`."""
+    Just after the end that its progress points to, never before: an early poll costs one
+    more, at least `interval` later, and near the end, when the imports finish together
+    and their polls share the request budget, often a second more. The first estimate
+    goes by the pace since we sent the import, slower than the platform's own (its clock
+    started once the body was up, and our limiter may have waited): a late poll rather
+    than an early one. Later ones go by the pace between the last two polls, which the
+    upload does not skew. With no progress to go by, after as long as it has taken so far
+    (a backoff). At least `interval` apart, at most `MAX_POLL_INTERVAL_SECONDS`."""
     if 0 < percent < 100:
         if previous is not None and percent > previous[1] and elapsed > previous[0]:
             pace = (percent - previous[1]) / (elapsed - previous[0])
