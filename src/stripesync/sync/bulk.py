@@ -45,9 +45,7 @@ GIVE_UP_POLLING_SECONDS = 3600.0
 class _Sent:
     batch_id: int
     activity_id: str
-    # The event loop's clock just before the import was sent: the platform's own clock
-    # for it started later (once the body was up), never earlier.
-    sent_at: float
+    accepted_at: float  # the event loop's clock when the platform's answer came
     keys: list[int]
     rows: list[Mapping[str, str]]
 
@@ -228,12 +226,12 @@ async def _send(
     batch: ImportBatch[int],
     pending: set[int],
 ) -> _Sent:
-    sent_at = asyncio.get_running_loop().time()
     activity = await client.contacts_json_import(batch.rows, batch.list_ids)
     async with transaction(session_factory) as session:
         await repository.set_batch_activity(session, batch_id, activity.activity_id)
     pending.difference_update(batch.keys)
-    return _Sent(batch_id, activity.activity_id, sent_at, batch.keys, batch.rows)
+    accepted_at = asyncio.get_running_loop().time()
+    return _Sent(batch_id, activity.activity_id, accepted_at, batch.keys, batch.rows)
 
 
 async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> Activity:
@@ -246,7 +244,7 @@ async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> 
         activity = await client.get_activity(sent.activity_id)
         if activity.finished:
             return activity
-        elapsed = loop.time() - sent.sent_at
+        elapsed = loop.time() - sent.accepted_at
         if elapsed > GIVE_UP_POLLING_SECONDS:
             raise TimeoutError(f"activity {sent.activity_id} still {activity.state}")
         percent = activity.percent_done or 0
@@ -257,23 +255,25 @@ async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> 
 def next_poll_in(
     elapsed: float, percent: int, previous: tuple[float, int] | None, interval: float
 ) -> float:
-    """Seconds until the next poll of an unfinished import, `elapsed` seconds after we
-    sent it and `percent` done; `previous` is (elapsed, percent) at the poll before, if any.
+    """Seconds until the next poll of an unfinished import, `elapsed` seconds after its
+    acceptance reached us and `percent` done; `previous` is (elapsed, percent) at the poll
+    before, if any.
 
-    Just after the end that its progress points to, never before: an early poll costs one
-    more, at least `interval` later, and near the end, when the imports finish together
-    and their polls share the request budget, often a second more. The first estimate
-    goes by the pace since we sent the import, slower than the platform's own (its clock
-    started once the body was up, and our limiter may have waited): a late poll rather
-    than an early one. Later ones go by the pace between the last two polls, which the
-    upload does not skew. With no progress to go by, after as long as it has taken so far
+    Just after the end that its progress points to: an early poll costs one more, at
+    least `interval` later, and near the end, when the imports finish together and their
+    polls share the request budget, often a second more. The first estimate goes by the
+    pace since the acceptance reached us, a little after the platform's clock started
+    (it answers once it has parsed the body): early by about that, which the margin of
+    half an `interval` covers. (From when we sent the import instead, a slow upload made
+    it seconds late.) Later ones go by the pace between the last two polls, which no
+    such offset skews. With no progress to go by, after as long as it has taken so far
     (a backoff). At least `interval` apart, at most `MAX_POLL_INTERVAL_SECONDS`."""
     if 0 < percent < 100:
         if previous is not None and percent > previous[1] and elapsed > previous[0]:
             pace = (percent - previous[1]) / (elapsed - previous[0])
         else:
             pace = percent / max(elapsed, 1e-3)
-        wait = (100 - percent) / pace + interval / 4
+        wait = (100 - percent) / pace + interval / 2
     else:
         wait = elapsed
     return min(max(wait, interval), MAX_POLL_INTERVAL_SECONDS)
