@@ -12,17 +12,18 @@ Rules owned here (the opt-in and sync features add their own transitions through
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import String, bindparam, insert, select, text
+from sqlalchemy import String, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.activity.context import ActivityContext
 from stripesync.activity.identity import email_hash
 from stripesync.kit.clock import utcnow
-from stripesync.models import ConsentEvent, ConsentState, Contact
+from stripesync.models import ConsentState, Contact
 
 FINAL_CONSENT = (ConsentState.UNSUBSCRIBED, ConsentState.DECLINED)
 # Ledger states a re-created contact inherits: what the person said themselves.
@@ -59,24 +60,29 @@ async def append_ledger_entries(
     source: str,
     evidence: dict[str, Any],
 ) -> None:
-    """The same entry for many (contact_id, email) pairs, in one flush."""
+    """The same entry for many (contact_id, email) pairs, in one statement."""
     if not people:
         return
-    now = utcnow()
     await session.execute(
-        insert(ConsentEvent),
-        [
-            {
-                "account_id": account_id,
-                "contact_id": contact_id,
-                "email_hash": email_hash(email),
-                "state": state,
-                "source": source,
-                "evidence": evidence,
-                "created_at": now,
-            }
-            for contact_id, email in people
-        ],
+        text(
+            """
+            INSERT INTO consent_events (account_id, contact_id, email_hash, state, source,
+                evidence, created_at)
+            SELECT :account_id, u.contact_id, u.email_hash, :state, :source,
+                CAST(:evidence AS jsonb), :created_at
+            FROM unnest(CAST(:contact_ids AS bigint[]), CAST(:hashes AS text[]))
+                AS u(contact_id, email_hash)
+            """
+        ),
+        {
+            "account_id": account_id,
+            "contact_ids": [contact_id for contact_id, _ in people],
+            "hashes": [email_hash(email) for _, email in people],
+            "state": state,
+            "source": source,
+            "evidence": json.dumps(evidence),
+            "created_at": utcnow(),
+        },
     )
 
 

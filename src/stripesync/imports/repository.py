@@ -293,15 +293,16 @@ async def note_touched(
 
 
 async def take_touched(session: AsyncSession, job_id: str, limit: int) -> tuple[set[int], set[int]]:
-    """Up to `limit` contacts still owed a finish (lowest ids first), removed from the debt
-    in the caller's transaction: (touched, changed)."""
+    """Up to `limit` contacts still owed a finish (lowest ids first) that no other
+    transaction is taking, removed from the debt in the caller's transaction:
+    (touched, changed)."""
     rows = (
         await session.execute(
             text(
                 """
                 DELETE FROM import_touched WHERE job_id = :job_id AND contact_id IN (
                     SELECT contact_id FROM import_touched WHERE job_id = :job_id
-                    ORDER BY contact_id LIMIT :limit)
+                    ORDER BY contact_id LIMIT :limit FOR UPDATE SKIP LOCKED)
                 RETURNING contact_id, changed
                 """
             ),
