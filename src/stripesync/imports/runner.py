@@ -32,15 +32,17 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
 import structlog
 from arq.connections import ArqRedis
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.activity.context import ActivityContext
 from stripesync.clients.stripe import StripeClient, StripeError
@@ -118,6 +120,23 @@ class Page:
     oldest: int | None
     done: bool
     fetched_at: datetime
+
+
+@dataclass
+class _Advance:
+    """What the pages of one transaction move one window by."""
+
+    window: Window
+    counts: Counter[str]  # the window's outcome counts with these pages'
+    pages: list[Page] = field(default_factory=list)
+
+    @property
+    def last(self) -> Page:
+        return self.pages[-1]
+
+    @property
+    def objects(self) -> int:
+        return sum(len(page.objects) for page in self.pages)
 
 
 def _position(window: Window) -> tuple[str | None, int | None, int, int]:
@@ -220,6 +239,15 @@ class ImportRun:
                 await self._fenced(session)
                 rows = await repository.windows(session, self.job.id)
         self.windows = [Window.from_row(row) for row in rows]
+
+    @contextlib.asynccontextmanager
+    async def _batch_transaction(self) -> AsyncIterator[AsyncSession]:
+        """A transaction for a batch (pages, contacts to finish) with PostgreSQL's JIT off:
+        compiling each of its few large statements (the activity refresh, the segments of
+        1,000 contacts) took ~0.2 s, more than the statement itself saved."""
+        async with transaction(self.deps.session_factory) as session:
+            await session.execute(text("SET LOCAL jit = off"))
+            yield session
 
     async def _check(self, session: Any) -> None:
         """Stop early (no lock taken) unless the connection is live and the lease ours."""
@@ -386,45 +414,43 @@ class ImportRun:
     async def _apply_pages(self, pages: list[Page]) -> None:
         """Apply these pages with their windows' checkpoints and the job's lease, in ONE
         transaction (a window's pages in order)."""
-        async with transaction(self.deps.session_factory) as session:
+        async with self._batch_transaction() as session:
             await self._check(session)
-            by_window: dict[int, tuple[Window, Counter[str], list[Page]]] = {}
+            advances: dict[int, _Advance] = {}
             for page, counts in zip(pages, await self._apply_objects(session, pages), strict=True):
-                window = page.window
-                _, window_counts, window_pages = by_window.setdefault(
-                    id(window), (window, Counter(window.counts), [])
+                advance = advances.setdefault(
+                    id(page.window), _Advance(page.window, Counter(page.window.counts))
                 )
-                window_counts.update(counts)
-                window_pages.append(page)
-            for window, counts, window_pages in by_window.values():
-                last = window_pages[-1]
+                advance.counts.update(counts)
+                advance.pages.append(page)
+            for advance in advances.values():
                 await repository.checkpoint(
                     session,
-                    window.id,
-                    cursor=last.cursor,
-                    oldest_created=last.oldest,
-                    objects=sum(len(p.objects) for p in window_pages),
-                    pages=len(window_pages),
-                    done=last.done,
-                    counts=dict(counts),
+                    advance.window.id,
+                    cursor=advance.last.cursor,
+                    oldest_created=advance.last.oldest,
+                    objects=advance.objects,
+                    pages=len(advance.pages),
+                    done=advance.last.done,
+                    counts=dict(advance.counts),
                 )
             # The in-memory checkpoints follow the commit: tentatively for the progress
             # written with it, undone if the lease turns out lost.
-            before = [(w, _position(w)) for w, _, _ in by_window.values()]
-            for window, _, window_pages in by_window.values():
-                last = window_pages[-1]
-                window.cursor, window.oldest_created = last.cursor, last.oldest
-                window.objects += sum(len(p.objects) for p in window_pages)
-                window.pages += len(window_pages)
+            before = [(a.window, _position(a.window)) for a in advances.values()]
+            for advance in advances.values():
+                window = advance.window
+                window.cursor, window.oldest_created = advance.last.cursor, advance.last.oldest
+                window.objects += advance.objects
+                window.pages += len(advance.pages)
             try:
                 await self._fenced(session, progress=self.progress(), report=self.running_report())
             except BaseException:
                 for window, position in before:
                     _restore(window, position)
                 raise
-            for window, counts, window_pages in by_window.values():
-                window.done = window_pages[-1].done
-                window.counts = dict(counts)
+            for advance in advances.values():
+                advance.window.done = advance.last.done
+                advance.window.counts = dict(advance.counts)
 
     # --- opt-in mode: customers created earlier who paid in the last 6 months ---------------
 
@@ -445,7 +471,7 @@ class ImportRun:
                 return
             found = await asyncio.gather(*(self._customer_or_none(i) for i in ids))
             ctx = ActivityContext.for_connection(self.connection, utcnow())
-            async with transaction(self.deps.session_factory) as session:
+            async with self._batch_transaction() as session:
                 await self._check(session)
                 objects = []
                 for customer_id, obj in zip(ids, found, strict=True):
@@ -490,7 +516,7 @@ class ImportRun:
         )
 
     async def _finish_some_contacts(self, limit: int) -> int:
-        async with transaction(self.deps.session_factory) as session:
+        async with self._batch_transaction() as session:
             await self._check(session)
             ctx = ActivityContext.for_connection(self.connection, utcnow())
             finished = await finish_touched(session, ctx, self.job.id, limit)
