@@ -49,7 +49,7 @@ bench-segments: venv
 bench-sync: venv
 	$(PY) bench/sync.py
 
-# 100,000 customers + 300,000 charges from a fake Stripe at 100 req/s + 50 ms (~2 minutes):
+# 100,000 customers + 300,000 charges from a fake Stripe at 100 req/s + 50 ms, 3 runs (~11 minutes):
 # bench/results/imports.json and imports.md.
 bench-imports: venv
 	$(PY) bench/imports.py

@@ -201,8 +201,16 @@ async def upsert_payments(
         INSERT INTO payments AS p (account_id, livemode, charge_id, payment_intent_id,
             invoice_id, customer_id, guest_email, guest_email_at, billing_name,
             billing_country, amount, amount_refunded, currency, status, created,
-            charge_seen, refunded_at)
-        SELECT :account_id, :livemode, u.* FROM {_unnest(_PAYMENT_COLUMNS)}
+            charge_seen, refunded_at, contact_id)
+        SELECT CAST(:account_id AS varchar), CAST(:livemode AS boolean), u.*, (
+            -- A new payment starts on its customer's contact when that is already known,
+            -- saving the relink an UPDATE of the row; the relink that follows derives
+            -- every link anyway (linking.relink_payments).
+            SELECT cu.contact_id FROM stripe_customers cu
+            WHERE cu.account_id = CAST(:account_id AS varchar)
+                AND cu.livemode = CAST(:livemode AS boolean)
+                AND cu.stripe_id = u.customer_id AND NOT cu.deleted)
+        FROM {_unnest(_PAYMENT_COLUMNS)}
         ON CONFLICT (account_id, livemode, charge_id) DO UPDATE SET
             payment_intent_id = LEAST(p.payment_intent_id, EXCLUDED.payment_intent_id),
             invoice_id = LEAST(p.invoice_id, EXCLUDED.invoice_id),
