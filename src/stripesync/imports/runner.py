@@ -277,8 +277,11 @@ class ImportRun:
             async with transaction(self.deps.session_factory) as session:
                 await self._fenced(session, progress=self.progress())
 
+    def _late(self) -> bool:
+        return self.stop_at is not None and time.monotonic() >= self.stop_at
+
     def _pause_if_late(self) -> None:
-        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+        if self._late():
             raise ImportPaused(self.job.id)
 
     # --- readers and the applier -------------------------------------------------------------
@@ -497,16 +500,31 @@ class ImportRun:
     async def _finish_contacts(self) -> None:
         """Recompute every contact the pages touched and tell the hooks (segments, opt-in,
         sync), `FINISH_BATCH` contacts per transaction, several transactions at once: each
-        commit shrinks the debt, so a crash resumes where it stopped."""
+        commit shrinks the debt, so a crash resumes where it stopped.
+
+        The finishers stop between batches only, and all of them are waited for: one still
+        running after the turn ended would hold rows that the next turn's finishers skip
+        (and so never finish, once it rolls back). Done only when nothing is owed."""
         started = time.monotonic()
 
         async def finisher() -> None:
             while finished := await self._retrying(self._finish_some_contacts, FINISH_BATCH):
                 self.contacts_finished += finished
-                self._pause_if_late()
+                if self._late():
+                    return
 
-        # As many at once as appliers: each takes contacts no other one holds.
-        await asyncio.gather(*(finisher() for _ in self.queues))
+        while True:
+            # As many at once as appliers: each takes contacts no other one holds.
+            outcomes = await asyncio.gather(
+                *(finisher() for _ in self.queues), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            async with transaction(self.deps.session_factory) as session:
+                if not await repository.touched_left(session, self.job.id):
+                    break
+            self._pause_if_late()
         self.finish_seconds += time.monotonic() - started
         log.info(
             "import_contacts_finished",
