@@ -70,7 +70,8 @@ async def finish_touched(
 ) -> int:
     """Finish up to `limit` of the contacts the job's pages touched (`linking.finish`: drop
     those left without a source, recompute the others' activity, tell the hooks), each once
-    however many pages touched it; answers how many were finished (0: none left)."""
+    however many pages touched it; answers how many were finished (0: none left that
+    another transaction is not finishing)."""
     touched, changed = await repository.take_touched(session, job_id, limit)
     if touched:
         await linking.finish(session, ctx, linking.Changes(touched=touched, changed=changed))
