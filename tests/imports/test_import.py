@@ -11,6 +11,8 @@ from sqlalchemy import func, select
 from stripesync.activity import repository as activity_repository
 from stripesync.activity.context import ActivityContext
 from stripesync.db import transaction
+from stripesync.imports import repository as imports_repository
+from stripesync.imports.runner import Deps, run_job
 from stripesync.imports.tasks import import_history, sweep_imports
 from stripesync.kit.clock import utcnow
 from stripesync.models import (
@@ -140,3 +142,27 @@ async def test_every_contact_an_import_touched_is_finished_once_the_lists_are_re
         again = await recompute_segments(session, ACCOUNT, now=utcnow(), automation=False)
         assert again.contacts_changed == again.entered == again.exited == 0
         assert await session.scalar(select(func.count()).select_from(ContactSegment)) > 0
+
+
+async def test_the_sweeper_finishes_what_a_cancelled_import_touched(
+    env: Env, job_ctx: dict[str, Any], history: History
+) -> None:
+    """An import cancelled part-way leaves contacts it touched unfinished; the sweeper
+    finishes them, so their activity is what the stored rows say."""
+    connection_id, job_id = await env.connect(mode="direct")
+    deps = Deps(job_ctx["session_factory"], job_ctx["http"], job_ctx["redis"], env.settings)
+    assert await run_job(deps, job_id, stop_at=0.0) == "paused"  # after its first pages
+    assert await env.count(ImportTouched) > 0
+    async with transaction(env.factory) as session:
+        assert await imports_repository.cancel_active_imports(session, connection_id)
+
+    assert (await sweep_imports(job_ctx))["contacts_finished"] > 0
+
+    assert await env.count(ImportTouched) == 0
+    async with transaction(env.factory) as session:
+        connection = await session.get(StripeConnection, connection_id)
+        assert connection is not None
+        ctx = ActivityContext.for_connection(connection, utcnow())
+        ids = set((await session.scalars(select(Contact.id))).all())
+        assert ids
+        assert await activity_repository.refresh_activity(session, ctx, ids) == set()

@@ -16,6 +16,7 @@ from stripesync.models import (
     ACTIVE_JOB_STATES,
     IMPORT_KINDS,
     ConnectionStatus,
+    ImportTouched,
     ImportWindow,
     Job,
     JobState,
@@ -317,6 +318,21 @@ async def touched_left(session: AsyncSession, job_id: str) -> int:
         text("SELECT count(*) FROM import_touched WHERE job_id = :job_id"), {"job_id": job_id}
     )
     return int(count or 0)
+
+
+async def ended_jobs_with_debt(
+    session: AsyncSession,
+) -> Sequence[tuple[str, StripeConnection]]:
+    """(job id, connection) of ended imports (failed, cancelled) still owing contacts a
+    finish."""
+    owing = select(ImportTouched.job_id).where(ImportTouched.job_id == Job.id).exists()
+    rows = await session.execute(
+        select(Job.id, StripeConnection)
+        .join(StripeConnection, StripeConnection.id == Job.connection_id)
+        .where(Job.state.in_([JobState.FAILED, JobState.CANCELLED]), owing)
+        .order_by(Job.id)
+    )
+    return [(job_id, connection) for job_id, connection in rows.all()]
 
 
 # --- report helpers ---------------------------------------------------------------------------

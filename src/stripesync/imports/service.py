@@ -18,9 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stripesync.accounts import repository as accounts_repository
 from stripesync.accounts.oauth import IMPORT_HISTORY, import_job_id
 from stripesync.accounts.schemas import ImportBlock
+from stripesync.activity.context import ActivityContext
 from stripesync.config import Settings
 from stripesync.db import SessionFactory, after_commit, transaction
 from stripesync.imports import notify, repository
+from stripesync.imports.applying import finish_touched
 from stripesync.imports.schemas import JobList, JobOut, JobProgress
 from stripesync.kit.clock import utcnow
 from stripesync.kit.errors import ApiError
@@ -189,11 +191,41 @@ async def sweep(
     for job_id in notices:
         if await notify.send_completion(session_factory, settings, job_id) == "sent":
             sent += 1
-    if cancelled or created or enqueue or sent:
+    finished = await finish_ended_imports(session_factory)
+    if cancelled or created or enqueue or sent or finished:
         log.info(
-            "imports_swept", cancelled=cancelled, created=created, resumed=len(enqueue), sent=sent
+            "imports_swept",
+            cancelled=cancelled,
+            created=created,
+            resumed=len(enqueue),
+            sent=sent,
+            contacts_finished=finished,
         )
-    return {"cancelled": cancelled, "created": created, "resumed": len(enqueue), "sent": sent}
+    return {
+        "cancelled": cancelled,
+        "created": created,
+        "resumed": len(enqueue),
+        "sent": sent,
+        "contacts_finished": finished,
+    }
+
+
+async def finish_ended_imports(session_factory: SessionFactory, batch: int = 1_000) -> int:
+    """Finish the contacts that an import which failed or was cancelled had touched but
+    not finished (their activity, segments, opt-in and sync would wait for the next event
+    otherwise), `batch` per transaction; answers how many."""
+    async with transaction(session_factory) as session:
+        owing = await repository.ended_jobs_with_debt(session)
+    finished = 0
+    for job_id, connection in owing:
+        while True:
+            async with transaction(session_factory) as session:
+                ctx = ActivityContext.for_connection(connection, utcnow())
+                done = await finish_touched(session, ctx, job_id, batch)
+            if not done:
+                break
+            finished += done
+    return finished
 
 
 async def runnable_job_ids(session: AsyncSession, account_id: str) -> list[str]:
