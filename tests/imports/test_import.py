@@ -126,14 +126,8 @@ async def test_every_contact_an_import_touched_is_finished_once_the_lists_are_re
     assert await import_history(job_ctx, ACCOUNT) == {job_id: "succeeded"}
 
     assert await env.count(ImportTouched) == 0
+    await assert_activity_is_fresh(env, connection_id)
     async with transaction(env.factory) as session:
-        connection = await session.get(StripeConnection, connection_id)
-        assert connection is not None
-        ctx = ActivityContext.for_connection(connection, utcnow())
-        ids = set((await session.scalars(select(Contact.id))).all())
-        assert len(ids) > 0
-        # Recomputing the activity changes no one: every touched contact was refreshed.
-        assert await activity_repository.refresh_activity(session, ctx, ids) == set()
         with_purchases = await session.scalar(
             select(func.count()).select_from(Contact).where(Contact.purchase_count > 0)
         )
@@ -159,6 +153,12 @@ async def test_the_sweeper_finishes_what_a_cancelled_import_touched(
     assert (await sweep_imports(job_ctx))["contacts_finished"] > 0
 
     assert await env.count(ImportTouched) == 0
+    await assert_activity_is_fresh(env, connection_id)
+
+
+async def assert_activity_is_fresh(env: Env, connection_id: int) -> None:
+    """Recomputing the account's contacts from the stored rows changes no one: every
+    contact an import touched was refreshed."""
     async with transaction(env.factory) as session:
         connection = await session.get(StripeConnection, connection_id)
         assert connection is not None
