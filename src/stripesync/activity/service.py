@@ -77,7 +77,7 @@ async def collected_changes(
     transaction or, for an import that finishes its contacts in bulk, a later one. Inside,
     the apply functions answer `Applied.changed_contact_ids == []`."""
     if _PAGE.get() is not None:
-        raise RuntimeError("deferred_finish blocks do not nest")
+        raise RuntimeError("collected_changes and deferred_finish blocks do not nest")
     page = PageFinish(session, ctx)
     token = _PAGE.set(page)
     try:
