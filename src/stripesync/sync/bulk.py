@@ -10,9 +10,9 @@ run that died.
 - Each import is sent as soon as its batch is built (`ImportStream`), checked for
   permission just before, while the next ones are still read and built: the platform
   works on them side by side and on the first while we build the last.
-- An import is polled when its progress says it should be done (`next_poll_in`), and
-  settled with one statement from its row as soon as its own activity ends, while the
-  others still run.
+- An import is polled once early, once more on the way to learn its pace, and then just
+  after the end that pace points to (`next_poll_in`); it is settled with one statement
+  from its row as soon as its own activity ends, while the others still run.
 """
 
 from __future__ import annotations
@@ -259,21 +259,27 @@ def next_poll_in(
     acceptance reached us and `percent` done; `previous` is (elapsed, percent) at the poll
     before, if any.
 
-    Just after the end that its progress points to: an early poll costs one more, at
+    Polls share the request budget with everything else: an early poll costs one more, at
     least `interval` later, and near the end, when the imports finish together and their
-    polls share the request budget, often a second more. The first estimate goes by the
-    pace since the acceptance reached us, a little after the platform's clock started
-    (it answers once it has parsed the body): early by about that, which the margin of
-    half an `interval` covers. (From when we sent the import instead, a slow upload made
-    it seconds late.) Later ones go by the pace between the last two polls, which no
-    such offset skews. With no progress to go by, after as long as it has taken so far
-    (a backoff). At least `interval` apart, at most `MAX_POLL_INTERVAL_SECONDS`."""
+    polls share the budget, often a second more. So the poll that should see the end
+    goes just after the end that the pace between two polls points to, a quarter of an
+    `interval` late at most (the percentages are whole numbers, rounded down: a pace
+    measured over a second or more is off by a few hundredths of the time left).
+    One poll alone gives only the pace since the acceptance reached us, which comes after
+    the platform's clock started (it answers once it has parsed the body, a few tenths of
+    a second for a large import): it makes the import look faster than it is, early by
+    that delay times the share still to do, and the more the earlier the poll. Such an
+    estimate only places a second poll, halfway to the end it points to, from which the
+    pace is exact; near the end (within two `interval`s) it is the last, a margin late.
+    With no progress to go by, after as long as it has taken so far (a backoff). At least
+    `interval` apart, at most `MAX_POLL_INTERVAL_SECONDS`."""
     if 0 < percent < 100:
         if previous is not None and percent > previous[1] and elapsed > previous[0]:
             pace = (percent - previous[1]) / (elapsed - previous[0])
+            wait = (100 - percent) / pace + interval / 4
         else:
-            pace = percent / max(elapsed, 1e-3)
-        wait = (100 - percent) / pace + interval / 2
+            left = (100 - percent) / (percent / max(elapsed, 1e-3))
+            wait = left / 2 if left > 2 * interval else left + interval / 2
     else:
         wait = elapsed
     return min(max(wait, interval), MAX_POLL_INTERVAL_SECONDS)
