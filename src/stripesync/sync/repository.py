@@ -37,9 +37,6 @@ from stripesync.models import (
 )
 from stripesync.models.sync import BatchState, SyncState
 
-# Memory for the sort of one read of lagging contacts (`lagging_rows`), in MB.
-_READ_WORK_MEM_MB = 64
-
 
 def _any_id(ids: Collection[int]) -> ColumnElement[bool]:
     # One array parameter: `IN (...)` would bind one parameter per id, and Postgres takes
@@ -139,11 +136,6 @@ async def lagging_rows(
         .limit(limit)
         .execution_options(yield_per=chunk)
     )
-    # The first row waits for the sort of every row read: in memory (about 0.2 KB a row;
-    # the default 4 MB spilled to disk from about 20,000 rows) and without JIT, whose
-    # compilation this one-off statement never earns back.
-    await session.execute(text("SET LOCAL jit = off"))
-    await session.execute(text(f"SET LOCAL work_mem = '{_READ_WORK_MEM_MB}MB'"))
     connection = await session.connection()
     result = await connection.stream(stmt)
     try:
