@@ -322,6 +322,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     per_import = args.contacts / max(imports, 1) * args.seconds_per_row + args.completed_after
     fake_sum = imports * args.completed_after + args.contacts * args.seconds_per_row
     wall = bulk_sync["wall_seconds"]
+    timeline = bulk_sync["timeline"]
     return {
         "contacts": args.contacts,
         "list_sets": 4,
@@ -337,6 +338,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "fake_processing_longest_import_seconds": round(per_import, 2),
         "fake_processing_sum_seconds": round(fake_sum, 2),
         "overhead_over_longest_seconds": round(wall - per_import, 2),
+        # Where the time beyond the platform goes: before the last import reached the
+        # fake, and after the imports ended there (polls that see the end, settling).
+        "last_accepted_seconds": max((t["accepted_s"] for t in timeline), default=None),
+        "after_last_done_seconds": round(wall - max(t["done_at_fake_s"] for t in timeline), 2)
+        if timeline
+        else None,
+        "settling_seconds": round(wall - min(t["settle_began_s"] for t in timeline), 2)
+        if timeline and all(t["settle_began_s"] is not None for t in timeline)
+        else None,
         # Every request, polls included, shares the 4/s budget.
         "rate_limit_floor_seconds": round(
             (bulk_sync["requests_excluding_polls"] + bulk_sync["status_polls"]) / args.rps, 2
@@ -399,6 +409,9 @@ wall time (figures of that run unless "every run").
 | the fake's processing, longest import | {r["fake_processing_longest_import_seconds"]} s |
 | the fake's processing, all imports one after another | {r["fake_processing_sum_seconds"]} s |
 | bulk sync: wall time beyond the longest import | {r["overhead_over_longest_seconds"]} s |
+| bulk sync: the last import accepted by the fake at | {r["last_accepted_seconds"]} s |
+| bulk sync: from the last import done at the fake to the end | {r["after_last_done_seconds"]} s |
+| bulk sync: from the first settle's start to the job's end | {r["settling_seconds"]} s |
 | bulk sync: all its requests (polls too) at the rate limit | {r["rate_limit_floor_seconds"]} s |
 | bulk sync: CPU of the sync process / of the fake | {cpu} |
 | peak RSS of the sync process (every run) | {r["peak_rss_mb"]} MB ({rss}) |
