@@ -9,6 +9,7 @@ from arq.cron import cron
 from arq.worker import Worker, func
 
 from stripesync.accounts.oauth import IMPORT_HISTORY
+from stripesync.accounts.tasks import clean_oauth_states
 from stripesync.config import WORKER_REQUIRES, Settings
 from stripesync.db import create_engine, create_session_factory
 from stripesync.imports.tasks import import_history, sweep_imports
@@ -100,6 +101,8 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             cron(sweep_optin_emails, second={5, 35}, run_at_startup=True, keep_result=0),
             # Accounts whose contacts lag their synced version (lost enqueue, crash, quota).
             cron(sweep_sync, second={20}, run_at_startup=True, keep_result=0),
+            # Hourly: OAuth states spent or expired over a day ago are deleted.
+            cron(clean_oauth_states, minute={47}, second={10}, keep_result=0, unique=True),
             # Events Stripe never delivered (GET /v1/events?delivery_success=false).
             cron(
                 reconcile_stripe_events,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -10,8 +12,9 @@ import respx
 import time_machine
 from sqlalchemy import select
 
+from stripesync.accounts.tasks import clean_oauth_states
 from stripesync.config import Settings
-from stripesync.db import SessionFactory
+from stripesync.db import SessionFactory, transaction
 from stripesync.kit import crypto
 from stripesync.kit.clock import utcnow
 from stripesync.models import OAuthState, StripeConnection
@@ -373,3 +376,43 @@ async def test_token_url_is_only_called_for_the_configured_url(
     # Sanity of the fake: the code exchange goes to the configured token URL.
     await callback(app_client, code="c", state=await authorize(app_client))
     assert str(stripe_oauth.routes["token"].calls.last.request.url) == TOKEN_URL
+
+
+async def test_spent_states_are_deleted_a_day_after_expiry_but_each_accounts_latest_stays(
+    app_client: httpx.AsyncClient,
+    stripe_oauth: respx.MockRouter,
+    session_factory: SessionFactory,
+    worker_ctx: dict[str, Any],
+) -> None:
+    for account_id in ("acc_1", "acc_2"):
+        assert (await put_account(app_client, account_id)).status_code == 201
+    start = utcnow()
+    with time_machine.travel(start, tick=False):
+        used = await authorize(app_client, "acc_1")
+        await callback(app_client, error="access_denied", state=used)
+        await authorize(app_client, "acc_1")  # never used
+        await authorize(app_client, "acc_2")  # acc_2's only, hence latest
+    with time_machine.travel(start + timedelta(hours=2), tick=False):
+        recent = await authorize(app_client, "acc_1")  # acc_1's latest
+
+    async def states() -> dict[str, int]:
+        async with transaction(session_factory) as session:
+            rows = (await session.execute(select(OAuthState.account_id))).scalars().all()
+        return dict(Counter(rows))
+
+    # Expired less than a day ago: kept.
+    with time_machine.travel(start + timedelta(hours=23), tick=False):
+        assert await clean_oauth_states(worker_ctx) == 0
+    assert await states() == {"acc_1": 3, "acc_2": 1}
+    # A day after expiry: acc_1's two old states go; both accounts' latest stay.
+    with time_machine.travel(start + timedelta(days=1, minutes=31), tick=False):
+        assert await clean_oauth_states(worker_ctx) == 2
+        assert await states() == {"acc_1": 1, "acc_2": 1}
+        # A callback naming a deleted state is refused, never a 500.
+        await assert_refused(
+            await callback(app_client, code="c", state=used), "invalid_state", session_factory
+        )
+        # The latest one kept still answers for itself.
+        response = await callback(app_client, code="c", state=recent)
+        await assert_refused(response, "state_expired", session_factory)
+    assert not stripe_oauth.routes["token"].called

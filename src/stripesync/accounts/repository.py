@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.models import (
@@ -93,6 +94,21 @@ async def latest_state(session: AsyncSession, account_id: str) -> OAuthState | N
         .limit(1)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def delete_spent_states(session: AsyncSession, expired_before: datetime) -> int:
+    """Delete the states that expired before this time, except each account's latest one
+    (the account shows how its last attempt ended). An expired state can no longer connect
+    anything; a callback naming a deleted one is refused as `invalid_state`."""
+    result = await session.execute(
+        text(
+            "DELETE FROM oauth_states s WHERE s.expires_at < :before AND s.id <> ("
+            " SELECT l.id FROM oauth_states l WHERE l.account_id = s.account_id"
+            " ORDER BY l.created_at DESC, l.id LIMIT 1)"
+        ),
+        {"before": expired_before},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def lock_state(session: AsyncSession, state_id: str) -> OAuthState | None:
