@@ -65,6 +65,10 @@ async def apply_pages(
     return counts
 
 
+# The contacts owed a finish are finished this many per transaction.
+FINISH_BATCH = 1_000
+
+
 async def finish_touched(
     session: AsyncSession, ctx: ActivityContext, job_id: str, limit: int
 ) -> int:

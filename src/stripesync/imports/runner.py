@@ -49,7 +49,7 @@ from stripesync.clients.stripe import StripeClient, StripeError
 from stripesync.config import Settings
 from stripesync.db import SessionFactory, transaction
 from stripesync.imports import repository
-from stripesync.imports.applying import PageOfObjects, apply_pages, finish_touched
+from stripesync.imports.applying import FINISH_BATCH, PageOfObjects, apply_pages, finish_touched
 from stripesync.imports.reading import BUDGET_MARGIN_SECONDS, StripeReader, stripe_budget
 from stripesync.imports.windows import (
     OPTIN_CUSTOMER_DAYS,
@@ -77,8 +77,6 @@ PAYER_BATCH = 100
 # An applier takes the pages waiting in its queue into one transaction, up to this many
 # objects in all (the window's checkpoints and the lease are written once for them all).
 APPLY_BATCH_OBJECTS = 1_000
-# Contacts the pages touched are finished (recomputed, hooks told) this many per transaction.
-FINISH_BATCH = 1_000
 # A page's transaction aborted by a deadlock (40P01) or a serialization failure (40001) is
 # applied again, up to this many times in all.
 PAGE_ATTEMPTS = 5

@@ -22,7 +22,7 @@ from stripesync.activity.context import ActivityContext
 from stripesync.config import Settings
 from stripesync.db import SessionFactory, after_commit, transaction
 from stripesync.imports import notify, repository
-from stripesync.imports.applying import finish_touched
+from stripesync.imports.applying import FINISH_BATCH, finish_touched
 from stripesync.imports.schemas import JobList, JobOut, JobProgress
 from stripesync.kit.clock import utcnow
 from stripesync.kit.errors import ApiError
@@ -210,10 +210,10 @@ async def sweep(
     }
 
 
-async def finish_ended_imports(session_factory: SessionFactory, batch: int = 1_000) -> int:
+async def finish_ended_imports(session_factory: SessionFactory) -> int:
     """Finish the contacts that an import which failed or was cancelled had touched but
     not finished (their activity, segments, opt-in and sync would wait for the next event
-    otherwise), `batch` per transaction; answers how many."""
+    otherwise), `FINISH_BATCH` per transaction; answers how many."""
     async with transaction(session_factory) as session:
         owing = await repository.ended_jobs_with_debt(session)
     finished = 0
@@ -221,7 +221,7 @@ async def finish_ended_imports(session_factory: SessionFactory, batch: int = 1_0
         while True:
             async with transaction(session_factory) as session:
                 ctx = ActivityContext.for_connection(connection, utcnow())
-                done = await finish_touched(session, ctx, job_id, batch)
+                done = await finish_touched(session, ctx, job_id, FINISH_BATCH)
             if not done:
                 break
             finished += done
