@@ -11,6 +11,7 @@ it. This module only counts what happened, for the job report.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,14 +47,22 @@ async def apply_pages(
     *,
     job_started_at: datetime,
 ) -> list[Counter[str]]:
-    """Apply pages of one account (each a batch of its kind, with its own fetch time);
-    the contacts they touched are owed a finish (`finish_touched`). Answers each page's
-    outcome counts."""
+    """Apply pages of one account (each with its own fetch time); the contacts they touched
+    are owed a finish (`finish_touched`). The pages of one list go to its apply function
+    as ONE batch, so a transaction costs a fixed number of statements per list, however
+    many pages it holds. Answers each page's outcome counts."""
     counts = [Counter[str]() for _ in pages]
     people: list[list[str]] = [[] for _ in pages]
     async with service.collected_changes(session, pages[0].ctx) as collected:
-        for page, page_counts, page_people in zip(pages, counts, people, strict=True):
-            await _apply_page(session, page, page_counts, page_people)
+        for resource in dict.fromkeys(page.resource for page in pages):
+            mine = [i for i, page in enumerate(pages) if page.resource == resource]
+            await _apply_list(
+                session,
+                resource,
+                [pages[i] for i in mine],
+                [counts[i] for i in mine],
+                [people[i] for i in mine],
+            )
     changes = collected.changes
     await repository.note_touched(session, job_id, changes.touched, changes.changed)
     everyone = sorted({email for page_people in people for email in page_people})
@@ -70,48 +79,69 @@ FINISH_BATCH = 1_000
 
 
 async def finish_touched(
-    session: AsyncSession, ctx: ActivityContext, job_id: str, limit: int
-) -> int:
-    """Finish up to `limit` of the contacts the job's pages touched (`linking.finish`: drop
-    those left without a source, recompute the others' activity, tell the hooks), each once
-    however many pages touched it; answers how many were finished (0: none left that
-    another transaction is not finishing)."""
-    touched, changed = await repository.take_touched(session, job_id, limit)
+    session: AsyncSession, ctx: ActivityContext, job_id: str, limit: int, after: int = 0
+) -> list[int]:
+    """Finish up to `limit` of the contacts the job's pages touched, lowest ids above
+    `after` first (`linking.finish`: drop those left without a source, recompute the
+    others' activity, tell the hooks), each once however many pages touched it; answers
+    their ids in order (none: none left above `after` that another transaction is not
+    finishing)."""
+    touched, changed = await repository.take_touched(session, job_id, limit, after)
     if touched:
         await linking.finish(session, ctx, linking.Changes(touched=touched, changed=changed))
-    return len(touched)
+    return sorted(touched)
 
 
-async def _apply_page(
-    session: AsyncSession, page: PageOfObjects, counts: Counter[str], people: list[str]
+async def _apply_list(
+    session: AsyncSession,
+    resource: str,
+    pages: Sequence[PageOfObjects],
+    counts: Sequence[Counter[str]],
+    people: Sequence[list[str]],
 ) -> None:
-    """Apply one page; count its skips in `counts` and note its people's addresses."""
-    ctx, resource = page.ctx, page.resource
-    live = [obj for obj in page.objects if bool(obj.get("livemode", ctx.livemode)) == ctx.livemode]
-    if len(live) < len(page.objects):
-        counts["skipped.test_mode"] += len(page.objects) - len(live)  # never touches live data
-    if live:
-        counts[f"imported.{resource}"] += len(live)
+    """Apply pages of one list as one batch; count each page's skips in its `counts` and
+    note its people's addresses in its `people`.
+
+    The batch is stamped with the EARLIEST of the pages' fetch times: an object can only
+    be older than it really is, so a webhook event created after any of these fetches still
+    wins over it, as it would over its own page (repository.py: the order rules)."""
+    ctx = min((page.ctx for page in pages), key=lambda c: c.observed_at)
+    lives: list[list[dict[str, Any]]] = []
+    for page, page_counts in zip(pages, counts, strict=True):
+        live = [o for o in page.objects if bool(o.get("livemode", ctx.livemode)) == ctx.livemode]
+        if len(live) < len(page.objects):  # never touches live data
+            page_counts["skipped.test_mode"] += len(page.objects) - len(live)
+        if live:
+            page_counts[f"imported.{resource}"] += len(live)
+        lives.append(live)
+    kept = lives  # per page, the objects whose outcome is counted, in batch order
     if resource == "customers":
-        gone = [obj for obj in live if obj.get("deleted") is True]
-        present = [obj for obj in live if obj.get("deleted") is not True]
-        await service.apply_customers(session, ctx, gone, deleted=True)
-        applied = await service.apply_customers(session, ctx, present)
+        gone = [obj for live in lives for obj in live if obj.get("deleted") is True]
+        kept = [[obj for obj in live if obj.get("deleted") is not True] for live in lives]
+        if gone:
+            await service.apply_customers(session, ctx, gone, deleted=True)
+        applied = await service.apply_customers(session, ctx, _flat(kept))
     elif resource == "checkout_sessions":
-        applied = await service.apply_checkout_sessions(session, ctx, live)
+        applied = await service.apply_checkout_sessions(session, ctx, _flat(kept))
     elif resource == "charges":
-        applied = await service.apply_charges(session, ctx, live)
+        applied = await service.apply_charges(session, ctx, _flat(kept))
     elif resource == "subscriptions":
-        applied = await service.apply_subscriptions(session, ctx, live)
+        applied = await service.apply_subscriptions(session, ctx, _flat(kept))
     else:  # pragma: no cover - the plan only holds the lists above
         raise ValueError(f"unknown list {resource}")
-    for result in applied:
-        # Per object that made no contact (a guest payment nobody can be reached for, ...)
-        # and, for people (customers, checkout buyers), what became of their contact.
-        if result.skipped_reason is not None:
-            counts[f"skipped.{result.skipped_reason}"] += 1
-        elif result.email is not None:
-            people.append(result.email)
+    results = iter(applied)
+    for page_objects, page_counts, page_people in zip(kept, counts, people, strict=True):
+        for result in itertools.islice(results, len(page_objects)):
+            # Per object that made no contact (a guest payment nobody can be reached for,
+            # ...) and, for people (customers, checkout buyers), what became of their contact.
+            if result.skipped_reason is not None:
+                page_counts[f"skipped.{result.skipped_reason}"] += 1
+            elif result.email is not None:
+                page_people.append(result.email)
+
+
+def _flat(lists: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [obj for objects in lists for obj in objects]
 
 
 def _person_outcome(state: tuple[str, datetime] | None, job_started_at: datetime) -> str:

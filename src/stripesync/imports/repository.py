@@ -279,35 +279,41 @@ async def note_touched(
     ids = sorted(set(touched) | set(changed))
     if not ids:
         return
+    moved = set(changed)
     await session.execute(
         text(
             """
             INSERT INTO import_touched AS t (job_id, contact_id, changed)
-            SELECT :job_id, u.id, u.id = ANY(CAST(:changed AS bigint[]))
-            FROM unnest(CAST(:ids AS bigint[])) AS u(id)
+            SELECT :job_id, u.id, u.changed
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:changed AS boolean[])) AS u(id, changed)
             ON CONFLICT (job_id, contact_id) DO UPDATE SET changed = t.changed OR EXCLUDED.changed
             WHERE EXCLUDED.changed AND NOT t.changed
             """
         ),
-        {"job_id": job_id, "ids": ids, "changed": sorted(set(changed))},
+        {"job_id": job_id, "ids": ids, "changed": [i in moved for i in ids]},
     )
 
 
-async def take_touched(session: AsyncSession, job_id: str, limit: int) -> tuple[set[int], set[int]]:
-    """Up to `limit` contacts still owed a finish (lowest ids first) that no other
-    transaction is taking, removed from the debt in the caller's transaction:
-    (touched, changed)."""
+async def take_touched(
+    session: AsyncSession, job_id: str, limit: int, after: int = 0
+) -> tuple[set[int], set[int]]:
+    """Up to `limit` contacts still owed a finish (lowest ids above `after` first) that no
+    other transaction is taking, removed from the debt in the caller's transaction:
+    (touched, changed). A caller taking batch after batch passes the last id it took:
+    the index entries of the debt already paid are dead rows until vacuumed, and starting
+    from the first id each time would walk them all again (quadratic in the debt)."""
     rows = (
         await session.execute(
             text(
                 """
-                DELETE FROM import_touched WHERE job_id = :job_id AND contact_id IN (
-                    SELECT contact_id FROM import_touched WHERE job_id = :job_id
-                    ORDER BY contact_id LIMIT :limit FOR UPDATE SKIP LOCKED)
+                DELETE FROM import_touched WHERE job_id = :job_id AND contact_id = ANY(ARRAY(
+                    SELECT contact_id FROM import_touched
+                    WHERE job_id = :job_id AND contact_id > :after
+                    ORDER BY contact_id LIMIT :limit FOR UPDATE SKIP LOCKED))
                 RETURNING contact_id, changed
                 """
             ),
-            {"job_id": job_id, "limit": limit},
+            {"job_id": job_id, "limit": limit, "after": after},
         )
     ).all()
     return {int(r.contact_id) for r in rows}, {int(r.contact_id) for r in rows if r.changed}

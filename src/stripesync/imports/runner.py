@@ -206,6 +206,7 @@ class ImportRun:
         self.page_retries = 0
         self.contacts_finished = 0  # this turn's, and the time it took
         self.finish_seconds = 0.0
+        self.finish_after = 0  # the highest contact id a finisher took in this pass
         self.next_analyze = ANALYZE_FIRST
 
     # --- the whole turn -----------------------------------------------------------------------
@@ -512,6 +513,9 @@ class ImportRun:
                     return
 
         while True:
+            # Each pass takes the debt in id order from the start: what a rolled-back batch
+            # gave back below the others' cursor is taken by the next pass.
+            self.finish_after = 0
             # As many at once as appliers: each takes contacts no other one holds.
             outcomes = await asyncio.gather(
                 *(finisher() for _ in self.queues), return_exceptions=True
@@ -535,12 +539,14 @@ class ImportRun:
         async with self._batch_transaction() as session:
             await self._check(session)
             ctx = ActivityContext.for_connection(self.connection, utcnow())
-            finished = await finish_touched(session, ctx, self.job.id, limit)
+            finished = await finish_touched(session, ctx, self.job.id, limit, self.finish_after)
             if finished:
+                # The finishers share one cursor: none walks again the debt already paid.
+                self.finish_after = max(self.finish_after, finished[-1])
                 await self._fenced(
                     session, progress=self.progress("contacts"), report=self.running_report()
                 )
-            return finished
+            return len(finished)
 
     async def _customer_or_none(self, customer_id: str) -> dict[str, Any] | None:
         try:

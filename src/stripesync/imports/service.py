@@ -218,13 +218,15 @@ async def finish_ended_imports(session_factory: SessionFactory) -> int:
         owing = await repository.ended_jobs_with_debt(session)
     finished = 0
     for job_id, connection in owing:
+        after = 0
         while True:
             async with transaction(session_factory) as session:
                 ctx = ActivityContext.for_connection(connection, utcnow())
-                done = await finish_touched(session, ctx, job_id, FINISH_BATCH)
+                done = await finish_touched(session, ctx, job_id, FINISH_BATCH, after)
             if not done:
                 break
-            finished += done
+            finished += len(done)
+            after = done[-1]
     return finished
 
 
