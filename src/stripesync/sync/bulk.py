@@ -13,6 +13,11 @@ run that died.
 - An import is polled once early, once more on the way to learn its pace, and then just
   after the end that pace points to (`next_poll_in`); it is settled with one statement
   from its row as soon as its own activity ends, while the others still run.
+- Marking an import's contacts synced rewrites each one's row (tens of microseconds a
+  contact): it is done ahead, while the platform finishes, in a transaction that the poll
+  expected to see the end commits when it sees a plain success, and rolls back otherwise
+  (`_settle_ahead`). It starts a time proportional to the contacts before that poll, so
+  the row locks it takes are held about that long, not for the whole import.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from stripesync.clients.constant_contact import Activity, ConstantContactClient
@@ -39,6 +45,10 @@ IMPORTS_IN_FLIGHT = 4
 # Polling an import: at most this long between two polls, and giving up after this long.
 MAX_POLL_INTERVAL_SECONDS = 30.0
 GIVE_UP_POLLING_SECONDS = 3600.0
+# Marking an import's contacts synced ahead of the poll expected to see its end starts this
+# long before that poll per contact (at least the minimum): about what the marking takes.
+SETTLE_AHEAD_SECONDS_PER_CONTACT = 40e-6
+SETTLE_AHEAD_MIN_SECONDS = 0.25
 
 
 @dataclass(slots=True)
@@ -145,9 +155,8 @@ class ImportStream:
             self._check_all_sent()
         try:
             await self._all_sent.wait()
-            done = await _wait(self._client, sent, self._poll_interval)
-            await _settle(
-                self._session_factory, sent.batch_id, done, self._report, sent.keys, sent.rows
+            await _poll_and_settle(
+                self._session_factory, self._client, sent, self._report, self._poll_interval
             )
         except Exception as exc:  # raised by `finish`
             self._failures.append(exc)
@@ -234,30 +243,114 @@ async def _send(
     return _Sent(batch_id, activity.activity_id, accepted_at, batch.keys, batch.rows)
 
 
-async def _wait(client: ConstantContactClient, sent: _Sent, interval: float) -> Activity:
-    """Poll an import until it finishes, each poll when `next_poll_in` says. Polls share
-    the request budget with everything else: each one too many delays the others, and
-    each one too early delays the end."""
+async def _poll_and_settle(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    sent: _Sent,
+    report: SyncReport,
+    interval: float,
+) -> None:
+    """Poll an import until it finishes, each poll when `poll_plan` says, and settle it.
+    Polls share the request budget with everything else: each one too many delays the
+    others, and each one too early delays the end. The contacts are marked synced ahead of
+    the first poll expected to see the end (`_settle_ahead`); when that poll does not see
+    a plain success, they are settled once the activity ends, as it ended."""
     loop = asyncio.get_running_loop()
     previous: tuple[float, int] | None = None
-    while True:
-        activity = await client.get_activity(sent.activity_id)
-        if activity.finished:
-            return activity
+    ahead = True
+    activity = await client.get_activity(sent.activity_id)
+    while not activity.finished:
         elapsed = loop.time() - sent.accepted_at
         if elapsed > GIVE_UP_POLLING_SECONDS:
             raise TimeoutError(f"activity {sent.activity_id} still {activity.state}")
         percent = activity.percent_done or 0
-        await asyncio.sleep(next_poll_in(elapsed, percent, previous, interval))
+        wait, left = poll_plan(elapsed, percent, previous, interval)
         previous = (elapsed, percent)
+        if ahead and left is not None and wait >= left:
+            ahead = False
+            seen = await _settle_ahead(session_factory, client, sent, wait, report)
+            if seen is None:
+                return
+            activity = seen
+            continue
+        await asyncio.sleep(wait)
+        activity = await client.get_activity(sent.activity_id)
+    await _settle(session_factory, sent.batch_id, activity, report, sent.keys, sent.rows)
+
+
+class _Undo(Exception):
+    """Rolls back a settle ahead: the poll did not see a plain success."""
+
+    def __init__(self, activity: Activity) -> None:
+        super().__init__(activity.state)
+        self.activity = activity
+
+
+async def _settle_ahead(
+    session_factory: SessionFactory,
+    client: ConstantContactClient,
+    sent: _Sent,
+    wait: float,
+    report: SyncReport,
+) -> Activity | None:
+    """Poll the import in `wait` seconds, when it should have ended, while its contacts are
+    marked synced (from its batch row, at the versions sent, onto its lists) in a
+    transaction committed only if that poll sees the activity completed without errors.
+    Answers the activity as the poll saw it, or None when the batch is settled.
+
+    The marking starts `SETTLE_AHEAD_SECONDS_PER_CONTACT` per contact before the poll,
+    so it is mostly done when the poll comes back, and the contacts' row locks are held
+    about that long (writers of those contacts wait for the commit); a run that dies
+    meanwhile leaves the batch started, for the next run to resume."""
+    lead = max(SETTLE_AHEAD_MIN_SECONDS, len(sent.keys) * SETTLE_AHEAD_SECONDS_PER_CONTACT)
+    lead = min(wait, lead)
+    await asyncio.sleep(wait - lead)
+    poll = asyncio.create_task(_poll_after(client, sent.activity_id, lead))
+    try:
+        async with transaction(session_factory) as session:
+            batch = await session.get(SyncBatch, sent.batch_id, with_for_update=True)
+            assert batch is not None
+            if batch.state != BatchState.STARTED.value:
+                return None
+            # When the poll should see the end: the time the contacts are synced as of.
+            await repository.mark_batch_synced(
+                session, sent.batch_id, utcnow() + timedelta(seconds=lead)
+            )
+            activity = await poll
+            if activity.state != "completed" or activity.activity_errors:
+                raise _Undo(activity)
+            batch.state = BatchState.COMPLETED.value
+            batch.activity_errors = []
+            batch.finished_at = utcnow()
+            imported = len(batch.contacts)
+        report.imported += imported
+        return None
+    except _Undo as undo:
+        return undo.activity
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+
+
+async def _poll_after(client: ConstantContactClient, activity_id: str, delay: float) -> Activity:
+    await asyncio.sleep(delay)
+    return await client.get_activity(activity_id)
 
 
 def next_poll_in(
     elapsed: float, percent: int, previous: tuple[float, int] | None, interval: float
 ) -> float:
+    """Seconds until the next poll of an unfinished import (see `poll_plan`)."""
+    return poll_plan(elapsed, percent, previous, interval)[0]
+
+
+def poll_plan(
+    elapsed: float, percent: int, previous: tuple[float, int] | None, interval: float
+) -> tuple[float, float | None]:
     """Seconds until the next poll of an unfinished import, `elapsed` seconds after its
-    acceptance reached us and `percent` done; `previous` is (elapsed, percent) at the poll
-    before, if any.
+    acceptance reached us and `percent` done, and the seconds it looks to have left (None
+    without progress to go by); `previous` is (elapsed, percent) at the poll before, if
+    any. The next poll is expected to see the end when it comes no sooner than that.
 
     Polls share the request budget with everything else: an early poll costs one more, at
     least `interval` later, and near the end, when the imports finish together and their
@@ -271,18 +364,23 @@ def next_poll_in(
     that delay times the share still to do, and the more the earlier the poll. Such an
     estimate only places a second poll, halfway to the end it points to, from which the
     pace is exact; near the end (within two `interval`s) it is the last, a margin late.
+    Early on, rounding down weighs more (1% may be nearly 2%): the second poll goes
+    halfway to the earliest end the percentage allows, lest it land after the end.
     With no progress to go by, after as long as it has taken so far (a backoff). At least
     `interval` apart, at most `MAX_POLL_INTERVAL_SECONDS`."""
+    left: float | None = None
     if 0 < percent < 100:
         if previous is not None and percent > previous[1] and elapsed > previous[0]:
             pace = (percent - previous[1]) / (elapsed - previous[0])
-            wait = (100 - percent) / pace + interval / 4
+            left = (100 - percent) / pace
+            wait = left + interval / 4
         else:
             left = (100 - percent) / (percent / max(elapsed, 1e-3))
-            wait = left / 2 if left > 2 * interval else left + interval / 2
+            earliest = (99 - percent) / ((percent + 1) / max(elapsed, 1e-3))
+            wait = earliest / 2 if left > 2 * interval else left + interval / 2
     else:
         wait = elapsed
-    return min(max(wait, interval), MAX_POLL_INTERVAL_SECONDS)
+    return min(max(wait, interval), MAX_POLL_INTERVAL_SECONDS), left
 
 
 _ROW = re.compile(r"\brow\s+(\d+)", re.IGNORECASE)
