@@ -115,39 +115,58 @@ def _diff_statement(
         for s in segments
     )
     contact_filter = " AND c.id = ANY(CAST(:contact_ids AS bigint[]))" if by_contact else ""
-    member_filter = " AND cs.contact_id = ANY(CAST(:contact_ids AS bigint[]))" if by_contact else ""
     empty = "CAST('{}' AS bigint[])"
-    # Only whitelisted column names, segment ids (ints) and bind parameter names are
-    # interpolated; every value is a bound parameter (rules.SqlParams).
-    return f"""
-WITH scoped AS (
-    SELECT c.id AS contact_id, c.version,
-           CASE WHEN {permitted_filter()}
+    desired = f"""CASE WHEN {permitted_filter()}
                 THEN array_remove(ARRAY[{cases}], NULL)
-                ELSE {empty} END AS desired
-    FROM contacts c
+                ELSE {empty} END"""
+    if by_contact:
+        # A few contacts: each one's memberships looked up beside it (a join with all the
+        # segments' memberships walked them all, for every batch).
+        diff = f"""
+scoped AS (
+    SELECT c.id AS contact_id, c.version, {desired} AS desired, m.stored
+    FROM contacts c CROSS JOIN LATERAL (
+        SELECT COALESCE(array_agg(cs.segment_id ORDER BY cs.segment_id), {empty}) AS stored
+        FROM contact_segments cs
+        WHERE cs.contact_id = c.id AND cs.segment_id = ANY(CAST(:segment_ids AS bigint[]))
+    ) m
     WHERE c.account_id = CAST(:account_id AS text){contact_filter}
+),
+diff AS (
+    SELECT contact_id, version, desired, stored FROM scoped
+    WHERE desired IS DISTINCT FROM stored
+),"""  # noqa: S608 - see below
+    else:
+        diff = f"""
+scoped AS (
+    SELECT c.id AS contact_id, c.version, {desired} AS desired
+    FROM contacts c
+    WHERE c.account_id = CAST(:account_id AS text)
 ),
 stored AS (
     SELECT cs.contact_id, array_agg(cs.segment_id ORDER BY cs.segment_id) AS segs
     FROM contact_segments cs
-    WHERE cs.segment_id = ANY(CAST(:segment_ids AS bigint[])){member_filter}
+    WHERE cs.segment_id = ANY(CAST(:segment_ids AS bigint[]))
     GROUP BY cs.contact_id
 ),
 diff AS (
     SELECT s.contact_id, s.version, s.desired, COALESCE(st.segs, {empty}) AS stored
     FROM scoped s LEFT JOIN stored st ON st.contact_id = s.contact_id
     WHERE s.desired IS DISTINCT FROM COALESCE(st.segs, {empty})
-),
+),"""  # noqa: S608 - see below
+    # Only whitelisted column names, segment ids (ints) and bind parameter names are
+    # interpolated; every value is a bound parameter (rules.SqlParams).
+    return f"""
+WITH {diff}
 gate AS (
     SELECT c.id, d.desired, d.stored
     FROM contacts c JOIN diff d ON d.contact_id = c.id
-    WHERE c.version = d.version
+    WHERE c.version = d.version{contact_filter}
     FOR UPDATE OF c SKIP LOCKED
 ),
 bumped AS (
     UPDATE contacts c SET version = c.version + 1, updated_at = CAST(:now AS timestamptz)
-    FROM gate g WHERE c.id = g.id
+    FROM gate g WHERE c.id = g.id{contact_filter}
     RETURNING c.id AS contact_id, g.desired, g.stored
 ),
 entered AS (
