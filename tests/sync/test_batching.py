@@ -77,14 +77,12 @@ def test_membership_batches_hold_at_most_500_ids() -> None:
     ]
 
 
-def test_flush_keeps_open_the_list_set_that_may_grow() -> None:
+def test_flush_answers_every_open_batch_in_the_order_their_list_sets_appeared() -> None:
     batcher = ImportBatcher[int]()
     batcher.add_many([1, 2], ["b", "a"], [{"email": "1@x.example"}, {"email": "2@x.example"}])
     batcher.add_many([3], ["c"], [{"email": "3@x.example"}])
+    batcher.add_many([4], ["a", "b"], [{"email": "4@x.example"}])
 
-    done = batcher.flush(keep=("c",))
-    assert [(b.list_ids, b.keys) for b in done] == [(("a", "b"), [1, 2])]
-
-    batcher.add_many([4], ["c"], [{"email": "4@x.example"}])
-    assert [(b.list_ids, b.keys) for b in batcher.flush()] == [(("c",), [3, 4])]
+    done = batcher.flush()
+    assert [(b.list_ids, b.keys) for b in done] == [(("a", "b"), [1, 2, 4]), (("c",), [3])]
     assert batcher.flush() == []

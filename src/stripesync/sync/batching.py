@@ -103,14 +103,10 @@ class ImportBatcher(Generic[K]):
             full.extend(self.add(key, lists, row))
         return full
 
-    def flush(self, *, keep: tuple[str, ...] | None = None) -> list[ImportBatch[K]]:
-        """The batches still open (each non-empty), in the order their list sets appeared;
-        but the one for the list set `keep` (sorted), which stays open."""
-        batches = [b for lists, b in self._open.items() if b.rows and lists != keep]
-        kept = self._open.get(keep) if keep is not None else None
+    def flush(self) -> list[ImportBatch[K]]:
+        """The batches still open (each non-empty), in the order their list sets appeared."""
+        batches = [b for b in self._open.values() if b.rows]
         self._open.clear()
-        if kept is not None:
-            self._open[kept.list_ids] = kept
         return batches
 
     def _empty_size(self, lists: tuple[str, ...]) -> int:

@@ -7,9 +7,9 @@ run that died.
   written out onto the contacts (`repository.note_lists_maybe_added`) whenever the outcome
   is not a plain success: a failed activity, rows the platform refused, an answer that
   never came. A success writes the lists as synced.
-- Each import is sent as soon as its batch is built (`ImportStream`), checked for
-  permission just before, while the next ones are still read and built: the platform
-  works on them side by side and on the first while we build the last.
+- Each import is sent as soon as its batch is complete (`ImportStream`), checked for
+  permission just before, a batch that fills while the next ones are still read and built
+  at once: the platform works on them side by side.
 - An import is polled once early, once more on the way to learn its pace, and then just
   after the end that pace points to (`next_poll_in`); it is settled with one statement
   from its row as soon as its own activity ends, while the others still run.
@@ -47,7 +47,7 @@ MAX_POLL_INTERVAL_SECONDS = 30.0
 GIVE_UP_POLLING_SECONDS = 3600.0
 # Marking an import's contacts synced ahead of the poll expected to see its end starts this
 # long before that poll per contact (at least the minimum): about what the marking takes.
-SETTLE_AHEAD_SECONDS_PER_CONTACT = 40e-6
+SETTLE_AHEAD_SECONDS_PER_CONTACT = 60e-6
 SETTLE_AHEAD_MIN_SECONDS = 0.25
 
 

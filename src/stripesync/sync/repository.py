@@ -82,17 +82,16 @@ async def lagging_rows(
     chunk: int,
     segment_ids: Collection[int],
 ) -> AsyncGenerator[Sequence[Any], None]:
-    """The lagging contacts (at most `limit`), `chunk` rows at a time, as plain rows of
-    only what a push needs, grouped by their platform lists: ordered by `segments` (which
-    of `segment_ids`, the segments with a platform list, the contact is in: their ids
-    sorted and comma-separated, or None), then by id. One platform list per segment, so
-    once the rows of one list set are read, none of that set follow, and its import batch
-    can be sent while the rest are read. `synced_lists` is None when empty.
+    """The lagging contacts (at most `limit`), `chunk` rows at a time in id order, as
+    plain rows of only what a push needs, with `segments`: which of `segment_ids`, the
+    segments with a platform list, the contact is in (their ids sorted and
+    comma-separated, or None). `synced_lists` is None when empty.
 
-    One statement read through a server-side cursor. The database only reads each
-    contact's segment ids off the membership index: joining the segments for their list
-    ids per contact took it twice as long (the first row waits for all of it, for the
-    order), so the caller maps ids to lists, once per distinct set. Whatever Python would
+    One statement read through a server-side cursor, its rows coming as the database
+    reads them (ordered by `segments`, the first waited for every contact's: 0.4 s of
+    100,000). The database only reads each contact's segment ids off the membership
+    index: joining the segments for their list ids per contact took it twice as long,
+    so the caller maps ids to lists, once per distinct set. Whatever Python would
     decode per row (JSON, arrays, ORM rows) is left to the database or the driver
     (`total_spent` comes as JSON text, and the statement runs as Core on the session's
     connection): per-row work in Python cost more than the query (100,000 rows a run)."""
@@ -132,7 +131,7 @@ async def lagging_rows(
             Contact.synced_version < Contact.version,
             (Contact.sync_deferred_until.is_(None)) | (Contact.sync_deferred_until <= now),
         )
-        .order_by(literal_column("segments").nulls_first(), Contact.id)
+        .order_by(Contact.id)
         .limit(limit)
         .execution_options(yield_per=chunk)
     )

@@ -13,9 +13,12 @@ Per account, one run (an arq job with the account's job id, so never two at once
 A contact is marked synced at the version that was read, so a change made meanwhile leaves
 it lagging for the next run: ten quick changes cost one push, and none is lost.
 
-The lagging contacts are read once, in chunks, as plain rows grouped by their lists; the
-import rows are built as they come, and each import batch is sent as soon as it is complete
-(see `bulk` for how imports are sent and settled), while the next ones are read.
+The lagging contacts are read once, in chunks, in id order, as plain rows with their
+segments; the import rows are built as they come, into one open batch per list set, and a
+batch is sent as soon as it is full (see `bulk` for how imports are sent and settled), the
+rest once the read ends. Read grouped by list set, the first batches could go earlier, but
+the database must then work out every contact's list set before the first row: the read
+ends later, and with it the last batch, which is the one the run waits for.
 """
 
 from __future__ import annotations
@@ -266,8 +269,8 @@ async def _read_lagging(
 ) -> None:
     """Read the lagging contacts chunk by chunk into `found`, sorting out what each needs.
     The rows of those to import are built here, into batches (of them only ids and
-    versions are kept), and each batch goes to `stream` once complete: the rows come
-    grouped by list set, so the batches of every list set but the last row's are.
+    versions are kept), and each batch goes to `stream` once full; the others once all
+    are read (a row of any list set may come last).
 
     Contacts without permission are marked seen chunk by chunk and never leave."""
     now = utcnow()
@@ -353,11 +356,7 @@ async def _read_lagging(
                     group[1].append(
                         rows_of.row(email, name, country, purchases, spent, last_purchase)
                     )
-                full = found.add_rows(built)
-                if rows_of is not None:
-                    # Only the last row's list set may have more rows to come.
-                    full += found.batcher.flush(keep=_lists(chunk[-1].segments, list_of))
-                found.send(full, stream)
+                found.send(found.add_rows(built), stream)
                 if unpermitted:
                     async with transaction(session_factory) as session:
                         await repository.mark_synced_many(session, unpermitted, [], utcnow())
@@ -380,12 +379,10 @@ async def _build(
     rows_of: ImportRows, waiting: list[_Waiting], found: _Found, stream: ImportStream
 ) -> None:
     """Build the rows of contacts found before the custom fields existed, a list set at a
-    time (they were read grouped by list set), and send each batch as soon as it is
-    complete: all but the last list set's, which more rows read may join."""
+    time, and send the batches that fill."""
     groups: dict[tuple[str, ...], list[tuple[Any, Mapping[str, Any]]]] = {}
     for desired, row, spent in waiting:
         groups.setdefault(desired, []).append((row, spent))
-    last = waiting[-1][0] if waiting else None
     waiting.clear()
     for desired, items in groups.items():
         keys: list[int] = []
@@ -404,8 +401,7 @@ async def _build(
                     row.last_purchase_at,
                 )
             )
-        full = found.add_rows({desired: (keys, rows)})
-        found.send([*full, *found.batcher.flush(keep=last)], stream)
+        found.send(found.add_rows({desired: (keys, rows)}), stream)
 
 
 def _lists(segments: str | None, list_of: Mapping[int, str]) -> tuple[str, ...]:
