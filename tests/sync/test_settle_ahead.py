@@ -186,6 +186,34 @@ async def test_a_platform_slower_than_its_pace_is_settled_once_it_ends(
     assert (await _batch(session_factory)).state == "completed"
 
 
+async def test_a_poll_that_does_not_answer_in_time_releases_the_contacts(
+    sync_ctx: dict[str, Any],
+    sync_settings: Settings,
+    session_factory: SessionFactory,
+    fake_cc: FakeConstantContact,
+    calls: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _ready(sync_ctx, sync_settings, session_factory, fake_cc)
+    await add_contacts(session_factory, ACCOUNT, {"a@x.io": "implied"})
+    monkeypatch.setattr(bulk, "SETTLE_AHEAD_POLL_SECONDS", 0.2)
+    poll_after = bulk._poll_after
+
+    async def stuck(client: Any, activity_id: str, delay: float) -> Any:
+        # The poll hangs (a platform answering slowly, the client retrying): the contacts'
+        # row locks are not held through it.
+        return await poll_after(client, activity_id, delay + 1.0)
+
+    monkeypatch.setattr(bulk, "_poll_after", stuck)
+
+    await _sync(sync_ctx)
+
+    assert calls == {"ahead": 1, "after_end": 1}  # rolled back, settled after the end
+    stored = await contacts_by_email(session_factory, ACCOUNT)
+    assert stored["a@x.io"].sync_state == "ok"
+    assert (await _batch(session_factory)).state == "completed"
+
+
 async def test_a_run_that_dies_while_marked_ahead_leaves_nothing_marked_and_is_resumed(
     sync_ctx: dict[str, Any],
     sync_settings: Settings,

@@ -49,6 +49,9 @@ GIVE_UP_POLLING_SECONDS = 3600.0
 # long before that poll per contact (at least the minimum): about what the marking takes.
 SETTLE_AHEAD_SECONDS_PER_CONTACT = 60e-6
 SETTLE_AHEAD_MIN_SECONDS = 0.25
+# Its poll answers within this long after it is due, or the marking is rolled back (the
+# contacts' row locks are not held through the client's retries of a failing platform).
+SETTLE_AHEAD_POLL_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -268,7 +271,7 @@ async def _poll_and_settle(
         previous = (elapsed, percent)
         if ahead and left is not None and wait >= left:
             ahead = False
-            seen = await _settle_ahead(session_factory, client, sent, wait, report)
+            seen = await _settle_ahead(session_factory, client, sent, activity, wait, report)
             if seen is None:
                 return
             activity = seen
@@ -290,13 +293,16 @@ async def _settle_ahead(
     session_factory: SessionFactory,
     client: ConstantContactClient,
     sent: _Sent,
+    before: Activity,
     wait: float,
     report: SyncReport,
 ) -> Activity | None:
     """Poll the import in `wait` seconds, when it should have ended, while its contacts are
     marked synced (from its batch row, at the versions sent, onto its lists) in a
     transaction committed only if that poll sees the activity completed without errors.
-    Answers the activity as the poll saw it, or None when the batch is settled.
+    Answers the activity as the poll saw it (`before`, as last seen, when the poll did
+    not answer within `SETTLE_AHEAD_POLL_SECONDS` of its time), or None when the batch is
+    settled.
 
     The marking starts `SETTLE_AHEAD_SECONDS_PER_CONTACT` per contact before the poll,
     so it is mostly done when the poll comes back, and the contacts' row locks are held
@@ -306,6 +312,7 @@ async def _settle_ahead(
     lead = min(wait, lead)
     await asyncio.sleep(wait - lead)
     poll = asyncio.create_task(_poll_after(client, sent.activity_id, lead))
+    answer_by = asyncio.get_running_loop().time() + lead + SETTLE_AHEAD_POLL_SECONDS
     try:
         async with transaction(session_factory) as session:
             batch = await session.get(SyncBatch, sent.batch_id, with_for_update=True)
@@ -316,7 +323,10 @@ async def _settle_ahead(
             await repository.mark_batch_synced(
                 session, sent.batch_id, utcnow() + timedelta(seconds=lead)
             )
-            activity = await poll
+            await asyncio.wait([poll], timeout=answer_by - asyncio.get_running_loop().time())
+            if not poll.done():
+                raise _Undo(before)
+            activity = poll.result()
             if activity.state != "completed" or activity.activity_errors:
                 raise _Undo(activity)
             batch.state = BatchState.COMPLETED.value
