@@ -390,8 +390,8 @@ the shared budget, pages streamed through bounded queues (RSS at 10/50/90% of th
 {read["rss_mb_at_10_50_90_percent"]} MB), the checkpoints written by the appliers. The second row
 adds what the objects really cost, through the same apply functions as webhooks: the pages
 waiting for an applier ({e2e.get("appliers", "?")} of them) go in one transaction (up to
-1,000 objects: rows and links in a fixed number of set-based statements per page, the
-contacts they touched recorded), and once the lists are read the
+1,000 objects: each list's pages as one batch, its rows and links in a fixed number of
+set-based statements, the contacts they touched recorded), and once the lists are read the
 {e2e.get("contacts_finished", "?"):,} contacts touched are finished once each (activity
 refresh, segments, sync, opt-in hooks) in {e2e.get("finish_seconds", "?")} s of the wall time.
 Transactions aborted by a deadlock and applied again: {e2e.get("page_retries", "?")}. At that
