@@ -156,6 +156,23 @@ async def test_the_sweeper_finishes_what_a_cancelled_import_touched(
     await assert_activity_is_fresh(env, connection_id)
 
 
+async def test_the_finish_debt_keeps_each_contact_once_and_any_change(env: Env) -> None:
+    """A contact touched by several pages is owed one finish, `changed` if any page changed
+    it; the debt is taken in id order from a cursor, each row once."""
+    _, job_id = await env.connect(mode="direct")
+    async with transaction(env.factory) as session:
+        await imports_repository.note_touched(session, job_id, {1, 2, 3}, set())
+        await imports_repository.note_touched(session, job_id, {2, 3, 4}, {3, 4})
+        await imports_repository.note_touched(session, job_id, {3}, set())  # stays changed
+    async with transaction(env.factory) as session:
+        first = await imports_repository.take_touched(session, job_id, 2)
+        rest = await imports_repository.take_touched(session, job_id, 10, after=2)
+        assert await imports_repository.take_touched(session, job_id, 10, after=4) == (set(), set())
+    assert first == ({1, 2}, set())
+    assert rest == ({3, 4}, {3, 4})
+    assert await env.count(ImportTouched) == 0
+
+
 async def assert_activity_is_fresh(env: Env, connection_id: int) -> None:
     """Recomputing the account's contacts from the stored rows changes no one: every
     contact an import touched was refreshed."""

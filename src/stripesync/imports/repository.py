@@ -275,7 +275,11 @@ async def checkpoint(
 async def note_touched(
     session: AsyncSession, job_id: str, touched: Collection[int], changed: Collection[int]
 ) -> None:
-    """Owe a finish to these contacts (`changed`: created or consent moved), in id order."""
+    """Owe a finish to these contacts (`changed`: created or consent moved), in id order.
+
+    Most were already owed one (a contact is touched by its customer and by each payment):
+    those rows are left alone (DO NOTHING takes no row lock, where DO UPDATE locked each
+    one, even with nothing to change), and only a debt newly `changed` is updated."""
     ids = sorted(set(touched) | set(changed))
     if not ids:
         return
@@ -283,15 +287,25 @@ async def note_touched(
     await session.execute(
         text(
             """
-            INSERT INTO import_touched AS t (job_id, contact_id, changed)
+            INSERT INTO import_touched (job_id, contact_id, changed)
             SELECT :job_id, u.id, u.changed
             FROM unnest(CAST(:ids AS bigint[]), CAST(:changed AS boolean[])) AS u(id, changed)
-            ON CONFLICT (job_id, contact_id) DO UPDATE SET changed = t.changed OR EXCLUDED.changed
-            WHERE EXCLUDED.changed AND NOT t.changed
+            ON CONFLICT (job_id, contact_id) DO NOTHING
             """
         ),
         {"job_id": job_id, "ids": ids, "changed": [i in moved for i in ids]},
     )
+    if moved:
+        await session.execute(
+            text(
+                """
+                UPDATE import_touched SET changed = true
+                WHERE job_id = :job_id AND contact_id = ANY(CAST(:ids AS bigint[]))
+                    AND NOT changed
+                """
+            ),
+            {"job_id": job_id, "ids": sorted(moved)},
+        )
 
 
 async def take_touched(
