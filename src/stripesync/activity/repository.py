@@ -420,6 +420,30 @@ async def payment_links(
     return list(result.all())
 
 
+async def payments_off_their_customer(
+    session: AsyncSession, ctx: ActivityContext, after: int, limit: int
+) -> list[tuple[int, str]]:
+    """(id, charge id) of up to `limit` payments above id `after`, in id order, whose link
+    disagrees with their stored customer's: on a deleted customer yet linked, or off the
+    contact of a customer that has one. Transactions that applied a payment and its
+    customer at the same time leave these (each missed the other's uncommitted row)."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT p.id, p.charge_id FROM payments p
+            JOIN stripe_customers cu ON cu.account_id = p.account_id
+                AND cu.livemode = p.livemode AND cu.stripe_id = p.customer_id
+            WHERE p.account_id = :account_id AND p.livemode = :livemode AND p.id > :after
+                AND p.contact_id IS DISTINCT FROM
+                    CASE WHEN cu.deleted THEN NULL ELSE coalesce(cu.contact_id, p.contact_id) END
+            ORDER BY p.id LIMIT :limit
+            """
+        ),
+        {**_key(ctx), "after": after, "limit": limit},
+    )
+    return [(int(pid), str(charge)) for pid, charge in rows.all()]
+
+
 async def set_payment_contacts(
     session: AsyncSession, links: Sequence[tuple[int, int | None]]
 ) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stripesync.activity import linking, service
+from stripesync.activity import repository as activity_repository
 from stripesync.activity.context import ActivityContext
 from stripesync.imports import repository
 from stripesync.models import ConsentState
@@ -90,6 +91,26 @@ async def finish_touched(
     if touched:
         await linking.finish(session, ctx, linking.Changes(touched=touched, changed=changed))
     return sorted(touched)
+
+
+async def relink_payments_off_customer(
+    session: AsyncSession, ctx: ActivityContext, job_id: str, *, after: int, limit: int
+) -> int | None:
+    """Re-derive the links of up to `limit` payments above id `after` that are off their
+    stored customer's contact; the contacts they leave and join are owed a finish. Answers
+    the last payment id looked at, None when none is left.
+
+    Appliers run in parallel: one applying a customer and another its payment at the same
+    time each miss the other's uncommitted row, and the payment keeps the link it had
+    without its customer. Once the lists are read, every customer is committed, so one
+    pass over the account's payments finds and mends them all."""
+    found = await activity_repository.payments_off_their_customer(session, ctx, after, limit)
+    if not found:
+        return None
+    changes = linking.Changes()
+    await linking.relink_payments(session, ctx, changes, charge_ids={c for _, c in found})
+    await repository.note_touched(session, job_id, changes.touched, changes.changed)
+    return found[-1][0]
 
 
 async def _apply_list(

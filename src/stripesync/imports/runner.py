@@ -49,7 +49,13 @@ from stripesync.clients.stripe import StripeClient, StripeError
 from stripesync.config import Settings
 from stripesync.db import SessionFactory, transaction
 from stripesync.imports import repository
-from stripesync.imports.applying import FINISH_BATCH, PageOfObjects, apply_pages, finish_touched
+from stripesync.imports.applying import (
+    FINISH_BATCH,
+    PageOfObjects,
+    apply_pages,
+    finish_touched,
+    relink_payments_off_customer,
+)
 from stripesync.imports.reading import BUDGET_MARGIN_SECONDS, StripeReader, stripe_budget
 from stripesync.imports.windows import (
     OPTIN_CUSTOMER_DAYS,
@@ -219,6 +225,7 @@ class ImportRun:
                 await self._read_and_apply()
             if self.connection.mode == ConnectionMode.OPTIN:
                 await self._recent_payers()
+            await self._relink_payments_off_customer()
             await self._finish_contacts()
             await self._finish()
         finally:
@@ -493,6 +500,27 @@ class ImportRun:
                     session, progress=self.progress("recent_payers"), report=self.running_report()
                 )
             self._pause_if_late()
+
+    # --- payments applied beside their customer, mended ------------------------------------
+
+    async def _relink_payments_off_customer(self) -> None:
+        """Link the payments that an applier stored while another was storing their
+        customer (`relink_payments_off_customer`), FINISH_BATCH per transaction."""
+        after = 0
+        while (last := await self._retrying(self._relink_some_payments, after)) is not None:
+            after = last
+            self._pause_if_late()
+
+    async def _relink_some_payments(self, after: int) -> int | None:
+        async with self._batch_transaction() as session:
+            await self._check(session)
+            ctx = ActivityContext.for_connection(self.connection, utcnow())
+            last = await relink_payments_off_customer(
+                session, ctx, self.job.id, after=after, limit=FINISH_BATCH
+            )
+            if last is not None:
+                await self._fenced(session)
+            return last
 
     # --- the contacts the pages touched, finished in bulk -----------------------------------
 

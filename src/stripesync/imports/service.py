@@ -22,7 +22,11 @@ from stripesync.activity.context import ActivityContext
 from stripesync.config import Settings
 from stripesync.db import SessionFactory, after_commit, transaction
 from stripesync.imports import notify, repository
-from stripesync.imports.applying import FINISH_BATCH, finish_touched
+from stripesync.imports.applying import (
+    FINISH_BATCH,
+    finish_touched,
+    relink_payments_off_customer,
+)
 from stripesync.imports.schemas import JobList, JobOut, JobProgress
 from stripesync.kit.clock import utcnow
 from stripesync.kit.errors import ApiError
@@ -218,6 +222,18 @@ async def finish_ended_imports(session_factory: SessionFactory) -> int:
         owing = await repository.ended_jobs_with_debt(session)
     finished = 0
     for job_id, connection in owing:
+        # The payments its appliers stored beside their customer first (runner: the same
+        # pass before its own finish), so that their contacts are owed a finish too.
+        after = 0
+        while True:
+            async with transaction(session_factory) as session:
+                ctx = ActivityContext.for_connection(connection, utcnow())
+                last = await relink_payments_off_customer(
+                    session, ctx, job_id, after=after, limit=FINISH_BATCH
+                )
+            if last is None:
+                break
+            after = last
         after = 0
         while True:
             async with transaction(session_factory) as session:

@@ -53,6 +53,10 @@ async def apply_event(session: Any, event: StripeEvent) -> EventState:
 
     if connection is not None and connection.livemode == event.livemode:
         connection.last_event_at = now
+        # Written now, before the handler reads anything: the connection's row lock then
+        # applies one event of the account at a time. Two at once (a customer and its
+        # first payment arrive together) would each miss the other's uncommitted row.
+        await session.flush()
     if reason is not None:
         event.state = EventState.IGNORED
         event.ignored_reason = reason
