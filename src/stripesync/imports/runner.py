@@ -7,8 +7,9 @@ then the contacts the pages touched are finished in bulk.
         nothing is left to claim                        and links, the contacts they touched
                                                         (owed a finish), their windows'
                                                         checkpoints, the job's lease
-    then: the contacts owed a finish, FINISH_BATCH per transaction: recomputed once each,
-    hooks told (segments, opt-in, sync)
+    then: payments stored beside their customer's uncommitted row relinked (two appliers
+    at once miss each other's rows), and the contacts owed a finish, FINISH_BATCH per
+    transaction: recomputed once each, hooks told (segments, opt-in, sync)
 
 Memory stays flat: at most `2 * import_concurrency` pages are in flight. A window's pages
 always go to the same applier (by window id), so each window's checkpoint advances in order.
