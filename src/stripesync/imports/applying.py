@@ -3,10 +3,12 @@
 Nothing here decides anything about customers, payments or consent: each object goes to
 `activity.service.apply_*` (idempotent, order-independent, hooks included: segments,
 the one opt-in email, sync). The pages applied in one transaction (those read meanwhile)
-share one `service.collected_changes`, each page with its own fetch time: the contacts they
-touched are recorded with them (`import_touched`), and finished once the lists are read
-(`finish_touched`: recomputed, hooks told), each contact once however many pages touched
-it. This module only counts what happened, for the job report.
+share one `service.collected_changes`, each list's pages as one batch stamped with their
+earliest fetch time: the contacts they touched are recorded with them (`import_touched`),
+and finished once the lists are read (`finish_touched`: recomputed, hooks told), each
+contact once however many pages touched it, after the payments stored beside their
+customer's uncommitted row are relinked (`relink_payments_off_customer`). This module only
+counts what happened, for the job report.
 """
 
 from __future__ import annotations
