@@ -61,13 +61,17 @@ def poll_late(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bulk, "_poll_after", late)
 
 
-async def _ready(
-    ctx: dict[str, Any], settings: Settings, factory: SessionFactory, fake: FakeConstantContact
+@pytest.fixture
+async def ready(
+    sync_ctx: dict[str, Any],
+    sync_settings: Settings,
+    session_factory: SessionFactory,
+    fake_cc: FakeConstantContact,
 ) -> None:
     """An account whose lists and fields exist; imports then take `IMPORT_SECONDS`."""
-    await make_account(factory, settings)
-    await _sync(ctx)
-    fake.completed_after = IMPORT_SECONDS
+    await make_account(session_factory, sync_settings)
+    await _sync(sync_ctx)
+    fake_cc.completed_after = IMPORT_SECONDS
 
 
 async def _batch(factory: SessionFactory) -> SyncBatch:
@@ -77,13 +81,12 @@ async def _batch(factory: SessionFactory) -> SyncBatch:
 
 async def test_a_plain_success_is_settled_by_the_poll_that_sees_the_end(
     sync_ctx: dict[str, Any],
-    sync_settings: Settings,
     session_factory: SessionFactory,
     fake_cc: FakeConstantContact,
     calls: dict[str, int],
     poll_late: None,
+    ready: None,
 ) -> None:
-    await _ready(sync_ctx, sync_settings, session_factory, fake_cc)
     await add_contacts(session_factory, ACCOUNT, {f"p{n}@x.io": "implied" for n in range(20)})
 
     report = await _sync(sync_ctx)
@@ -100,13 +103,12 @@ async def test_a_plain_success_is_settled_by_the_poll_that_sees_the_end(
 
 async def test_a_failed_activity_seen_by_that_poll_undoes_the_marking(
     sync_ctx: dict[str, Any],
-    sync_settings: Settings,
     session_factory: SessionFactory,
     fake_cc: FakeConstantContact,
     calls: dict[str, int],
     poll_late: None,
+    ready: None,
 ) -> None:
-    await _ready(sync_ctx, sync_settings, session_factory, fake_cc)
     await add_contacts(session_factory, ACCOUNT, {"a@x.io": "implied", "b@x.io": "implied"})
     fake_cc.fail_next_activities = 1
 
@@ -125,13 +127,12 @@ async def test_a_failed_activity_seen_by_that_poll_undoes_the_marking(
 
 async def test_rows_the_platform_refused_are_errors_and_the_rest_synced(
     sync_ctx: dict[str, Any],
-    sync_settings: Settings,
     session_factory: SessionFactory,
     fake_cc: FakeConstantContact,
     calls: dict[str, int],
     poll_late: None,
+    ready: None,
 ) -> None:
-    await _ready(sync_ctx, sync_settings, session_factory, fake_cc)
     long_local = "x" * 90  # the platform refuses addresses over 80 characters
     await add_contacts(
         session_factory, ACCOUNT, {"ok@x.io": "implied", f"{long_local}@x.io": "implied"}
@@ -148,13 +149,12 @@ async def test_rows_the_platform_refused_are_errors_and_the_rest_synced(
 
 async def test_a_platform_slower_than_its_pace_is_settled_once_it_ends(
     sync_ctx: dict[str, Any],
-    sync_settings: Settings,
     session_factory: SessionFactory,
     fake_cc: FakeConstantContact,
     calls: dict[str, int],
     monkeypatch: pytest.MonkeyPatch,
+    ready: None,
 ) -> None:
-    await _ready(sync_ctx, sync_settings, session_factory, fake_cc)
     ids = await add_contacts(session_factory, ACCOUNT, {"a@x.io": "implied"})
     seen_while_marked: list[tuple[int, str]] = []
     poll_after = bulk._poll_after
@@ -188,13 +188,12 @@ async def test_a_platform_slower_than_its_pace_is_settled_once_it_ends(
 
 async def test_a_poll_that_does_not_answer_in_time_releases_the_contacts(
     sync_ctx: dict[str, Any],
-    sync_settings: Settings,
     session_factory: SessionFactory,
     fake_cc: FakeConstantContact,
     calls: dict[str, int],
     monkeypatch: pytest.MonkeyPatch,
+    ready: None,
 ) -> None:
-    await _ready(sync_ctx, sync_settings, session_factory, fake_cc)
     await add_contacts(session_factory, ACCOUNT, {"a@x.io": "implied"})
     monkeypatch.setattr(bulk, "SETTLE_AHEAD_POLL_SECONDS", 0.2)
     poll_after = bulk._poll_after
@@ -216,12 +215,11 @@ async def test_a_poll_that_does_not_answer_in_time_releases_the_contacts(
 
 async def test_a_run_that_dies_while_marked_ahead_leaves_nothing_marked_and_is_resumed(
     sync_ctx: dict[str, Any],
-    sync_settings: Settings,
     session_factory: SessionFactory,
     fake_cc: FakeConstantContact,
     monkeypatch: pytest.MonkeyPatch,
+    ready: None,
 ) -> None:
-    await _ready(sync_ctx, sync_settings, session_factory, fake_cc)
     await add_contacts(session_factory, ACCOUNT, {f"p{n}@x.io": "implied" for n in range(5)})
     poll_after = bulk._poll_after
 
@@ -248,12 +246,11 @@ async def test_a_run_that_dies_while_marked_ahead_leaves_nothing_marked_and_is_r
 
 async def test_a_change_made_while_marked_ahead_is_not_lost(
     sync_ctx: dict[str, Any],
-    sync_settings: Settings,
     session_factory: SessionFactory,
     fake_cc: FakeConstantContact,
     monkeypatch: pytest.MonkeyPatch,
+    ready: None,
 ) -> None:
-    await _ready(sync_ctx, sync_settings, session_factory, fake_cc)
     ids = await add_contacts(session_factory, ACCOUNT, {"a@x.io": "implied"})
     poll_after = bulk._poll_after
     changes: list[asyncio.Task[None]] = []
