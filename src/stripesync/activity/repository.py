@@ -585,7 +585,9 @@ async def delete_sourceless_contacts(
 _COUNTED = "p.status = 'succeeded' AND p.amount_refunded < p.amount"
 
 # Recompute the activity fields of segments.md from stored rows, and write only the contacts
-# whose values differ (bumping `version`, the sync engine's change feed).
+# whose values differ (bumping `version`, the sync engine's change feed). It runs for every
+# contact at the end of an import, so each contact's payments are read once (`pay`) and its
+# live customers once (`cust`, beside their subscriptions).
 _REFRESH_ACTIVITY = f"""
 WITH ids AS MATERIALIZED (SELECT DISTINCT unnest(:ids) AS id),
 fresh AS (
@@ -599,9 +601,12 @@ fresh AS (
         coalesce(pay.refund_count, 0)::int AS refund_count,
         pay.last_refund_at,
         cust.customer_created_at,
-        (ARRAY['active','trialing','past_due','canceled','none'])[coalesce(subs.best, 5)]
+        (ARRAY['active','trialing','past_due','canceled','none'])[coalesce(cust.best, 5)]
             AS subscription_status,
-        person.name, person.country
+        -- name and country: the newest customer's, else the newest payment's billing details
+        -- (a customer's value wins over every payment's)
+        coalesce(cust.name, pay.name) AS name,
+        coalesce(cust.country, pay.country) AS country
     FROM ids
     -- Each part is a lateral look-up of one contact's rows through the contact_id indexes,
     -- so the plan stays a few index scans per contact however stale the statistics are
@@ -616,55 +621,43 @@ fresh AS (
             count(*) FILTER (WHERE p.status = 'succeeded' AND p.amount_refunded > 0)
                 AS refund_count,
             max(p.refunded_at) FILTER (WHERE p.status = 'succeeded' AND p.amount_refunded > 0)
-                AS last_refund_at
+                AS last_refund_at,
+            -- the counted amounts, paired by position with their currencies: `spent` sums
+            -- them per currency without reading the payments again
+            array_agg(p.currency) FILTER (WHERE {_COUNTED}) AS currencies,
+            array_agg(p.amount - p.amount_refunded) FILTER (WHERE {_COUNTED}) AS nets,
+            (array_agg(p.billing_name ORDER BY p.created DESC NULLS LAST, p.charge_id)
+                FILTER (WHERE p.billing_name IS NOT NULL))[1] AS name,
+            (array_agg(p.billing_country ORDER BY p.created DESC NULLS LAST, p.charge_id)
+                FILTER (WHERE p.billing_country IS NOT NULL))[1] AS country
         FROM payments p
         WHERE p.contact_id = ids.id AND p.livemode = :livemode
     ) pay
     CROSS JOIN LATERAL (
         SELECT jsonb_object_agg(currency, total) AS total_spent FROM (
-            SELECT p.currency, sum(p.amount - p.amount_refunded)::bigint AS total
-            FROM payments p
-            WHERE p.contact_id = ids.id AND p.livemode = :livemode AND {_COUNTED}
-            GROUP BY p.currency
+            SELECT u.currency, sum(u.net)::bigint AS total
+            FROM unnest(pay.currencies, pay.nets) AS u(currency, net)
+            GROUP BY u.currency
         ) per_currency
     ) spent
     CROSS JOIN LATERAL (
-        SELECT min(s.created) AS customer_created_at
-        FROM stripe_customers s
-        WHERE s.contact_id = ids.id AND NOT s.deleted AND s.livemode = :livemode
-    ) cust
-    CROSS JOIN LATERAL (
-        SELECT min(CASE sub.status
-            WHEN 'active' THEN 1 WHEN 'trialing' THEN 2 WHEN 'past_due' THEN 3
-            WHEN 'unpaid' THEN 3 WHEN 'canceled' THEN 4 WHEN 'incomplete_expired' THEN 4
-            WHEN 'paused' THEN 4 ELSE 5 END) AS best
+        -- A customer comes once per subscription here, which changes none of these values
+        -- (minimums, and the first value in an order).
+        SELECT
+            min(cu.created) AS customer_created_at,
+            min(CASE sub.status
+                WHEN 'active' THEN 1 WHEN 'trialing' THEN 2 WHEN 'past_due' THEN 3
+                WHEN 'unpaid' THEN 3 WHEN 'canceled' THEN 4 WHEN 'incomplete_expired' THEN 4
+                WHEN 'paused' THEN 4 ELSE 5 END) FILTER (WHERE sub.id IS NOT NULL) AS best,
+            (array_agg(cu.name ORDER BY cu.created DESC NULLS LAST, cu.stripe_id)
+                FILTER (WHERE cu.name IS NOT NULL))[1] AS name,
+            (array_agg(cu.country ORDER BY cu.created DESC NULLS LAST, cu.stripe_id)
+                FILTER (WHERE cu.country IS NOT NULL))[1] AS country
         FROM stripe_customers cu
-        JOIN subscriptions sub ON sub.account_id = cu.account_id
+        LEFT JOIN subscriptions sub ON sub.account_id = cu.account_id
             AND sub.livemode = cu.livemode AND sub.customer_id = cu.stripe_id
         WHERE cu.contact_id = ids.id AND NOT cu.deleted AND cu.livemode = :livemode
-    ) subs
-    CROSS JOIN LATERAL (
-        -- name and country: the newest customer's, else the newest payment's billing details
-        SELECT
-            (SELECT v FROM (
-                SELECT s.name AS v, 0 AS pri, s.created AS at, s.stripe_id AS k
-                FROM stripe_customers s WHERE s.contact_id = ids.id AND NOT s.deleted
-                    AND s.livemode = :livemode AND s.name IS NOT NULL
-                UNION ALL
-                SELECT p.billing_name, 1, p.created, p.charge_id FROM payments p
-                WHERE p.contact_id = ids.id AND p.livemode = :livemode
-                    AND p.billing_name IS NOT NULL
-            ) n ORDER BY pri, at DESC NULLS LAST, k LIMIT 1) AS name,
-            (SELECT v FROM (
-                SELECT s.country AS v, 0 AS pri, s.created AS at, s.stripe_id AS k
-                FROM stripe_customers s WHERE s.contact_id = ids.id AND NOT s.deleted
-                    AND s.livemode = :livemode AND s.country IS NOT NULL
-                UNION ALL
-                SELECT p.billing_country, 1, p.created, p.charge_id FROM payments p
-                WHERE p.contact_id = ids.id AND p.livemode = :livemode
-                    AND p.billing_country IS NOT NULL
-            ) c ORDER BY pri, at DESC NULLS LAST, k LIMIT 1) AS country
-    ) person
+    ) cust
 )
 UPDATE contacts c SET
     purchase_count = f.purchase_count, total_spent = f.total_spent,
