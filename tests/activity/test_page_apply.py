@@ -27,6 +27,7 @@ from stripesync.activity.service import (
     detach_customer,
 )
 from stripesync.db import SessionFactory, transaction
+from stripesync.segments.service import ensure_builtin_segments
 from tests.activity.conftest import ApplyFn, at, charge_obj, connect_account, contact, customer_obj
 from tests.activity.test_order_independence import Step, histories, run, state
 
@@ -97,6 +98,10 @@ async def test_a_page_tells_the_hooks_once_with_every_changed_contact(
 ) -> None:
     ctx = await connect_account(session_factory, account_id="acc_page_hooks", stripe_account="x")
     one = await connect_account(session_factory, account_id="acc_page_each", stripe_account="y")
+    async with transaction(session_factory) as session:
+        # As a connect makes them: their first creation would recompute (and bump) everyone.
+        for account_id in ("acc_page_hooks", "acc_page_each"):
+            await ensure_builtin_segments(session, account_id)
     _calls.clear()
     async with transaction(session_factory) as session, deferred_finish(session, ctx) as page:
         for fn, obj in _page_objects():

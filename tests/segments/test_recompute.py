@@ -58,8 +58,41 @@ async def test_a_changed_contact_is_recomputed_in_the_same_transaction(
         version_inside = row.version
     found = await memberships(f)
     assert {k for k, m in found.items() if contact in m} == {"all", "first_time", "recent"}
-    assert (await versions(f))[contact] == version_inside + 1  # lists changed: one more bump
+    # The lists changed with the activity, in the transaction that already bumped the
+    # version: that bump carries both (no second rewrite of the row).
+    assert (await versions(f))[contact] == version_inside
     assert (await counts(f))["prospects"] == 0 and (await counts(f))["first_time"] == 1
+
+
+async def test_a_membership_change_bumps_the_version_unless_its_transaction_did(
+    session_factory: SessionFactory, account: str, frozen: time_machine.Coordinates
+) -> None:
+    f = session_factory
+    contact = await add_contact(f)
+    async with transaction(f) as session:
+        await contacts_changed(session, account, [contact])
+    before = (await versions(f))[contact]
+
+    async with transaction(f) as session:  # lists move, nothing else wrote the contact
+        row = await session.get(Contact, contact)
+        assert row is not None
+        row.consent_state = "declined"  # written, but without a new version
+        row.synced_version = row.version  # ... as a sync settling it would
+        await session.flush()
+        await contacts_changed(session, account, [contact])
+    assert not any(contact in m for m in (await memberships(f)).values())
+    assert (await versions(f))[contact] == before + 1  # a written row is no bump by itself
+
+    async with transaction(f) as session:  # memberships move alone: one bump
+        row = await session.get(Contact, contact)
+        assert row is not None
+        row.consent_state = "implied"
+        row.synced_version = row.version
+        await session.flush()
+    async with transaction(f) as session:
+        await contacts_changed(session, account, [contact])
+    assert contact in (await memberships(f))["all"]
+    assert (await versions(f))[contact] == before + 2
 
 
 async def test_a_rolled_back_event_leaves_memberships_as_they_were(

@@ -1,7 +1,8 @@
 """Segment membership, recomputed with set-based SQL: one statement computes every scoped
 contact's desired segments from the compiled rules, compares them with the stored
 memberships, and applies only the differences (bumping the version of each contact whose
-memberships changed, and storing `segment.entered` / `segment.exited` triggers).
+memberships changed, unless its transaction already did, and storing `segment.entered` /
+`segment.exited` triggers).
 
 Who can be a member at all: only contacts whose consent_state is in PERMITTED_CONSENT.
 Segment `all` is exactly "every contact with permission"; every other segment is that set
@@ -71,7 +72,8 @@ async def live_segments(
 
 
 # The tail shared by both diff statements: the outbox rows of the memberships that
-# changed, and per segment (entered, exited), then (NULL, contacts bumped).
+# changed, and per segment (entered, exited), then (NULL, contacts whose memberships
+# changed).
 _CHANGES_AND_OUTBOX = """changes AS (
     SELECT contact_id, segment_id, 'segment.entered' AS event FROM inserted
     UNION ALL
@@ -107,23 +109,22 @@ SELECT NULL, (SELECT count(*) FROM bumped), 0
 """
 
 
-def _diff_statement(
-    segments: Sequence[ScopedSegment], params: SqlParams, *, by_contact: bool
-) -> str:
+def _diff_statement(segments: Sequence[ScopedSegment], params: SqlParams) -> str:
+    """The diff of the contacts `:contact_ids`: each one's memberships looked up beside it
+    (a join with all the segments' memberships walked them all, for every batch)."""
     cases = ",\n".join(
         f"CASE WHEN {compile_rule(s.rule, params)} THEN CAST({int(s.id)} AS bigint) END"
         for s in segments
     )
-    contact_filter = " AND c.id = ANY(CAST(:contact_ids AS bigint[]))" if by_contact else ""
+    contact_filter = " AND c.id = ANY(CAST(:contact_ids AS bigint[]))"
     empty = "CAST('{}' AS bigint[])"
     desired = f"""CASE WHEN {permitted_filter()}
                 THEN array_remove(ARRAY[{cases}], NULL)
                 ELSE {empty} END"""
-    if by_contact:
-        # A few contacts: each one's memberships looked up beside it (a join with all the
-        # segments' memberships walked them all, for every batch).
-        diff = f"""
-scoped AS (
+    # Only whitelisted column names, segment ids (ints) and bind parameter names are
+    # interpolated; every value is a bound parameter (rules.SqlParams).
+    return f"""
+WITH scoped AS (
     SELECT c.id AS contact_id, c.version, {desired} AS desired, m.stored
     FROM contacts c CROSS JOIN LATERAL (
         SELECT COALESCE(array_agg(cs.segment_id ORDER BY cs.segment_id), {empty}) AS stored
@@ -135,40 +136,24 @@ scoped AS (
 diff AS (
     SELECT contact_id, version, desired, stored FROM scoped
     WHERE desired IS DISTINCT FROM stored
-),"""  # noqa: S608 - see below
-    else:
-        diff = f"""
-scoped AS (
-    SELECT c.id AS contact_id, c.version, {desired} AS desired
-    FROM contacts c
-    WHERE c.account_id = CAST(:account_id AS text)
 ),
-stored AS (
-    SELECT cs.contact_id, array_agg(cs.segment_id ORDER BY cs.segment_id) AS segs
-    FROM contact_segments cs
-    WHERE cs.segment_id = ANY(CAST(:segment_ids AS bigint[]))
-    GROUP BY cs.contact_id
-),
-diff AS (
-    SELECT s.contact_id, s.version, s.desired, COALESCE(st.segs, {empty}) AS stored
-    FROM scoped s LEFT JOIN stored st ON st.contact_id = s.contact_id
-    WHERE s.desired IS DISTINCT FROM COALESCE(st.segs, {empty})
-),"""  # noqa: S608 - see below
-    # Only whitelisted column names, segment ids (ints) and bind parameter names are
-    # interpolated; every value is a bound parameter (rules.SqlParams).
-    return f"""
-WITH {diff}
+-- A contact this transaction already wrote with a new version (the activity refresh just
+-- before, in the same transaction) keeps that version: its membership changes commit with
+-- it, so a second bump would only rewrite the row. Only a row still ahead of its synced
+-- version counts (a write that settled the contact's sync is no bump).
 gate AS (
-    SELECT c.id, d.desired, d.stored
+    SELECT c.id, d.desired, d.stored,
+        c.xmin = CAST(pg_current_xact_id() AS xid) AND c.version > c.synced_version
+            AS bumped_already
     FROM contacts c JOIN diff d ON d.contact_id = c.id
     WHERE c.version = d.version{contact_filter}
     FOR UPDATE OF c SKIP LOCKED
 ),
-bumped AS (
+bump AS (
     UPDATE contacts c SET version = c.version + 1, updated_at = CAST(:now AS timestamptz)
-    FROM gate g WHERE c.id = g.id{contact_filter}
-    RETURNING c.id AS contact_id, g.desired, g.stored
+    FROM gate g WHERE c.id = g.id AND NOT g.bumped_already{contact_filter}
 ),
+bumped AS (SELECT id AS contact_id, desired, stored FROM gate),
 entered AS (
     SELECT b.contact_id, x.segment_id
     FROM bumped b CROSS JOIN LATERAL unnest(b.desired) AS x(segment_id)
@@ -201,11 +186,12 @@ async def _apply_diff(
     *,
     now: datetime,
     automation: bool,
-    contact_ids: Collection[int] | None,
+    contact_ids: Collection[int],
 ) -> tuple[dict[int, tuple[int, int]], int]:
-    """Run the diff statement: ({segment id: (entered, exited)}, contacts bumped)."""
+    """Run the diff statement: ({segment id: (entered, exited)}, contacts whose
+    memberships changed)."""
     params = SqlParams()
-    sql = _diff_statement(segments, params, by_contact=contact_ids is not None)
+    sql = _diff_statement(segments, params)
     values: dict[str, Any] = {
         **params.values,
         "account_id": account_id,
@@ -214,9 +200,8 @@ async def _apply_diff(
         "now": now,
         "now_iso": now.isoformat().replace("+00:00", "Z"),
         "automation": automation,
+        "contact_ids": list(contact_ids),
     }
-    if contact_ids is not None:
-        values["contact_ids"] = list(contact_ids)
     changes: dict[int, tuple[int, int]] = {}
     bumped = 0
     for segment_id, entered, exited in (await session.execute(text(sql), values)).all():
