@@ -7,9 +7,10 @@ then the contacts the pages touched are finished in bulk.
         nothing is left to claim                        and links, the contacts they touched
                                                         (owed a finish), their windows'
                                                         checkpoints, the job's lease
-    then: payments stored beside their customer's uncommitted row relinked (two appliers
-    at once miss each other's rows), and the contacts owed a finish, FINISH_BATCH per
-    transaction: recomputed once each, hooks told (segments, opt-in, sync)
+    then: the contacts owed a finish, FINISH_BATCH per transaction: recomputed once each,
+    hooks told (segments, opt-in, sync); beside them, payments stored beside their
+    customer's uncommitted row relinked (two appliers at once miss each other's rows),
+    whose contacts a second pass finishes again
 
 Memory stays flat: at most `2 * import_concurrency` pages are in flight. A window's pages
 always go to the same applier (by window id), so each window's checkpoint advances in order.
@@ -226,8 +227,9 @@ class ImportRun:
                 await self._read_and_apply()
             if self.connection.mode == ConnectionMode.OPTIN:
                 await self._recent_payers()
-            await self._relink_payments_off_customer()
-            await self._finish_contacts()
+            # The relink pass runs beside the first finish pass: the contacts it moves
+            # payments between are owed a finish again, paid by the next pass.
+            await self._finish_contacts(beside=self._relink_payments_off_customer())
             await self._finish()
         finally:
             heartbeat.cancel()
@@ -525,10 +527,11 @@ class ImportRun:
 
     # --- the contacts the pages touched, finished in bulk -----------------------------------
 
-    async def _finish_contacts(self) -> None:
+    async def _finish_contacts(self, beside: Awaitable[None] | None = None) -> None:
         """Recompute every contact the pages touched and tell the hooks (segments, opt-in,
         sync), `FINISH_BATCH` contacts per transaction, several transactions at once: each
-        commit shrinks the debt, so a crash resumes where it stopped.
+        commit shrinks the debt, so a crash resumes where it stopped. `beside` runs along
+        the first pass; the debt it adds is paid by the next.
 
         The finishers stop between batches only, and all of them are waited for: one still
         running after the turn ended would hold rows that the next turn's finishers skip
@@ -547,8 +550,11 @@ class ImportRun:
             self.finish_after = 0
             # As many at once as appliers: each takes contacts no other one holds.
             outcomes = await asyncio.gather(
-                *(finisher() for _ in self.queues), return_exceptions=True
+                *(finisher() for _ in self.queues),
+                *([beside] if beside is not None else []),
+                return_exceptions=True,
             )
+            beside = None
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
