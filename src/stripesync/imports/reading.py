@@ -19,7 +19,7 @@ log = structlog.get_logger(__name__)
 
 # Widens the budget's 1 s window: a request granted at t may reach Stripe a little later
 # than the one granted just before it.
-BUDGET_MARGIN_SECONDS = 0.1
+BUDGET_MARGIN_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 30.0
 
 
