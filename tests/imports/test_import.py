@@ -165,11 +165,16 @@ async def test_the_finish_debt_keeps_each_contact_once_and_any_change(env: Env) 
         await imports_repository.note_touched(session, job_id, {2, 3, 4}, {3, 4})
         await imports_repository.note_touched(session, job_id, {3}, set())  # stays changed
     async with transaction(env.factory) as session:
+        assert await imports_repository.touched_span(session, job_id, 0, 2) == (1, 2)
+        assert await imports_repository.touched_span(session, job_id, 2, 10) == (3, 4)
         first = await imports_repository.take_touched(session, job_id, 2)
+        third = await imports_repository.take_touched(session, job_id, 10, after=2, upto=3)
         rest = await imports_repository.take_touched(session, job_id, 10, after=2)
         assert await imports_repository.take_touched(session, job_id, 10, after=4) == (set(), set())
+        assert await imports_repository.touched_span(session, job_id, 0, 10) is None
     assert first == ({1, 2}, set())
-    assert rest == ({3, 4}, {3, 4})
+    assert third == ({3}, {3})
+    assert rest == ({4}, {4})
     assert await env.count(ImportTouched) == 0
 
 

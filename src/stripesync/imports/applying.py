@@ -82,14 +82,19 @@ FINISH_BATCH = 1_000
 
 
 async def finish_touched(
-    session: AsyncSession, ctx: ActivityContext, job_id: str, limit: int, after: int = 0
+    session: AsyncSession,
+    ctx: ActivityContext,
+    job_id: str,
+    limit: int,
+    after: int = 0,
+    upto: int | None = None,
 ) -> list[int]:
     """Finish up to `limit` of the contacts the job's pages touched, lowest ids above
-    `after` first (`linking.finish`: drop those left without a source, recompute the
-    others' activity, tell the hooks), each once however many pages touched it; answers
-    their ids in order (none: none left above `after` that another transaction is not
-    finishing)."""
-    touched, changed = await repository.take_touched(session, job_id, limit, after)
+    `after` (and none above `upto`) first (`linking.finish`: drop those left without a
+    source, recompute the others' activity, tell the hooks), each once however many pages
+    touched it; answers their ids in order (none: none left there that another transaction
+    is not finishing)."""
+    touched, changed = await repository.take_touched(session, job_id, limit, after, upto)
     if touched:
         await linking.finish(session, ctx, linking.Changes(touched=touched, changed=changed))
     return sorted(touched)

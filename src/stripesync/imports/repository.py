@@ -309,28 +309,51 @@ async def note_touched(
 
 
 async def take_touched(
-    session: AsyncSession, job_id: str, limit: int, after: int = 0
+    session: AsyncSession, job_id: str, limit: int, after: int = 0, upto: int | None = None
 ) -> tuple[set[int], set[int]]:
-    """Up to `limit` contacts still owed a finish (lowest ids above `after` first) that no
-    other transaction is taking, removed from the debt in the caller's transaction:
-    (touched, changed). A caller taking batch after batch passes the last id it took:
-    the index entries of the debt already paid are dead rows until vacuumed, and starting
-    from the first id each time would walk them all again (quadratic in the debt)."""
+    """Up to `limit` contacts still owed a finish (lowest ids above `after` first, none
+    above `upto`) that no other transaction is taking, removed from the debt in the
+    caller's transaction: (touched, changed). A caller taking batch after batch passes the
+    last id it took: the index entries of the debt already paid are dead rows until
+    vacuumed, and starting from the first id each time would walk them all again
+    (quadratic in the debt)."""
+    upto_filter = "" if upto is None else " AND contact_id <= :upto"
     rows = (
         await session.execute(
             text(
-                """
+                f"""
                 DELETE FROM import_touched WHERE job_id = :job_id AND contact_id = ANY(ARRAY(
                     SELECT contact_id FROM import_touched
-                    WHERE job_id = :job_id AND contact_id > :after
+                    WHERE job_id = :job_id AND contact_id > :after{upto_filter}
                     ORDER BY contact_id LIMIT :limit FOR UPDATE SKIP LOCKED))
                 RETURNING contact_id, changed
-                """
+                """  # noqa: S608 - only a constant is interpolated
             ),
-            {"job_id": job_id, "limit": limit, "after": after},
+            {"job_id": job_id, "limit": limit, "after": after, "upto": upto},
         )
     ).all()
     return {int(r.contact_id) for r in rows}, {int(r.contact_id) for r in rows if r.changed}
+
+
+async def touched_span(
+    session: AsyncSession, job_id: str, after: int, limit: int
+) -> tuple[int, int] | None:
+    """(first, last) id of the next `limit` contacts owed a finish above `after`, read
+    without locking them; None when none is left above it."""
+    row = (
+        await session.execute(
+            text(
+                """
+                SELECT min(contact_id), max(contact_id) FROM (
+                    SELECT contact_id FROM import_touched
+                    WHERE job_id = :job_id AND contact_id > :after
+                    ORDER BY contact_id LIMIT :limit) next
+                """
+            ),
+            {"job_id": job_id, "after": after, "limit": limit},
+        )
+    ).one()
+    return None if row[0] is None else (int(row[0]), int(row[1]))
 
 
 async def touched_left(session: AsyncSession, job_id: str) -> int:

@@ -215,6 +215,7 @@ class ImportRun:
         self.contacts_finished = 0  # this turn's, and the time it took
         self.finish_seconds = 0.0
         self.finish_after = 0  # the highest contact id a finisher took in this pass
+        self.finish_lock = asyncio.Lock()
         self.next_analyze = ANALYZE_FIRST
 
     # --- the whole turn -----------------------------------------------------------------------
@@ -539,8 +540,8 @@ class ImportRun:
         started = time.monotonic()
 
         async def finisher() -> None:
-            while finished := await self._retrying(self._finish_some_contacts, FINISH_BATCH):
-                self.contacts_finished += finished
+            while (span := await self._next_span()) is not None:
+                self.contacts_finished += await self._retrying(self._finish_span, span)
                 if self._late():
                     return
 
@@ -570,14 +571,28 @@ class ImportRun:
             seconds=round(self.finish_seconds, 1),
         )
 
-    async def _finish_some_contacts(self, limit: int) -> int:
+    async def _next_span(self) -> tuple[int, int] | None:
+        """The ids (first, last) of the next FINISH_BATCH contacts owed a finish, for one
+        finisher alone: the finishers share one cursor, so none walks the debt already paid
+        again, nor the rows another one is finishing (when each took "the next 1,000" with
+        SKIP LOCKED, the last one skipped up to 3,000 locked rows first)."""
+        async with self.finish_lock, transaction(self.deps.session_factory) as session:
+            span = await repository.touched_span(
+                session, self.job.id, self.finish_after, FINISH_BATCH
+            )
+            if span is not None:
+                self.finish_after = span[1]
+            return span
+
+    async def _finish_span(self, span: tuple[int, int]) -> int:
+        first, last = span
         async with self._batch_transaction() as session:
             await self._check(session)
             ctx = ActivityContext.for_connection(self.connection, utcnow())
-            finished = await finish_touched(session, ctx, self.job.id, limit, self.finish_after)
+            finished = await finish_touched(
+                session, ctx, self.job.id, FINISH_BATCH, after=first - 1, upto=last
+            )
             if finished:
-                # The finishers share one cursor: none walks again the debt already paid.
-                self.finish_after = max(self.finish_after, finished[-1])
                 await self._fenced(
                     session, progress=self.progress("contacts"), report=self.running_report()
                 )
