@@ -3,6 +3,7 @@ endpoints, applied through the activity functions, counted, and reported once.""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from stripesync.activity import repository as activity_repository
 from stripesync.activity.context import ActivityContext
 from stripesync.db import transaction
 from stripesync.imports import repository as imports_repository
-from stripesync.imports.runner import Deps, run_job
+from stripesync.imports import runner
+from stripesync.imports.runner import Deps, ImportRun, run_job
 from stripesync.imports.tasks import import_history, sweep_imports
 from stripesync.kit.clock import utcnow
 from stripesync.models import (
@@ -136,6 +138,24 @@ async def test_every_contact_an_import_touched_is_finished_once_the_lists_are_re
         again = await recompute_segments(session, ACCOUNT, now=utcnow(), automation=False)
         assert again.contacts_changed == again.entered == again.exited == 0
         assert await session.scalar(select(func.count()).select_from(ContactSegment)) > 0
+
+
+async def test_the_run_counts_each_contact_its_finishers_finish(
+    env: Env, job_ctx: dict[str, Any], history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several finishers at once, many small batches each: the turn's count of contacts
+    finished is every contact owed a finish, none lost between finishers."""
+    monkeypatch.setattr(runner, "FINISH_BATCH", 3)
+    _, job_id = await env.connect(mode="direct")
+    deps = Deps(job_ctx["session_factory"], job_ctx["http"], job_ctx["redis"], env.settings)
+    async with transaction(env.factory) as session:
+        job = await imports_repository.claim(session, job_id, "turn", timedelta(seconds=60))
+        assert job is not None and job.connection_id is not None
+        connection = await session.get(StripeConnection, job.connection_id)
+        assert connection is not None
+    run = ImportRun(deps, job, connection, "turn")
+    await run.run()
+    assert run.contacts_finished == await env.count(Contact) > 3 * len(run.queues)
 
 
 async def test_the_sweeper_finishes_what_a_cancelled_import_touched(

@@ -541,7 +541,10 @@ class ImportRun:
 
         async def finisher() -> None:
             while (span := await self._next_span()) is not None:
-                self.contacts_finished += await self._retrying(self._finish_span, span)
+                # Not `+= await ...`: that reads the count before awaiting, and the other
+                # finishers' additions made meanwhile would be lost.
+                finished = await self._retrying(self._finish_span, span)
+                self.contacts_finished += finished
                 if self._late():
                     return
 
