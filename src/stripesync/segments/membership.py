@@ -140,7 +140,8 @@ diff AS (
 -- A contact this transaction already wrote with a new version (the activity refresh just
 -- before, in the same transaction) keeps that version: its membership changes commit with
 -- it, so a second bump would only rewrite the row. Only a row still ahead of its synced
--- version counts (a write that settled the contact's sync is no bump).
+-- version counts (a write that settled the contact's sync is no bump). This rests on every
+-- writer of a contact's synced fields bumping `version` in its own transaction.
 gate AS (
     SELECT c.id, d.desired, d.stored,
         c.xmin = CAST(pg_current_xact_id() AS xid) AND c.version > c.synced_version
