@@ -6,9 +6,9 @@ the one opt-in email, sync). The pages applied in one transaction (those read me
 share one `service.collected_changes`, each list's pages as one batch stamped with their
 earliest fetch time: the contacts they touched are recorded with them (`import_touched`),
 and finished once the lists are read (`finish_touched`: recomputed, hooks told), each
-contact once however many pages touched it, after the payments stored beside their
-customer's uncommitted row are relinked (`relink_payments_off_customer`). This module only
-counts what happened, for the job report.
+contact once however many pages touched it, while the payments stored beside their
+customer's uncommitted row are relinked (`relink_payments_off_customer`: their contacts are
+owed a finish again). This module only counts what happened, for the job report.
 """
 
 from __future__ import annotations

@@ -222,8 +222,8 @@ async def finish_ended_imports(session_factory: SessionFactory) -> int:
         owing = await repository.ended_jobs_with_debt(session)
     finished = 0
     for job_id, connection in owing:
-        # The payments its appliers stored beside their customer first (runner: the same
-        # pass before its own finish), so that their contacts are owed a finish too.
+        # The payments its appliers stored beside their customer first (the runner makes
+        # the same pass beside its finish), so that their contacts are owed a finish too.
         after = 0
         while True:
             async with transaction(session_factory) as session:
